@@ -1,0 +1,102 @@
+"""`python -m pedray <verb>`: the verb table and argument parsing; each verb calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from pedray.config import ConfigError
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from pedray.corpus.generate import write_corpus
+
+    _print(write_corpus(args.out, seed=args.seed, count=args.count, holdout=args.holdout))
+    return 0
+
+
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from pedray.model.build import init_model
+
+    out = init_model(args.size, args.out, seed=args.seed)
+    print(f"model written to {out}: {(out / 'pedray_model.json').read_text()}")
+    return 0
+
+
+def cmd_prep(args: argparse.Namespace) -> int:
+    from pedray.ingest.prep import prep
+
+    summary = prep(args.input, args.out, task=args.task, holdout=args.holdout, seed=args.seed,
+                   near_duplicate_threshold=args.dedup_threshold)
+    _print(summary)
+    print(f"records in {args.out}; rejects with file, place and reason in {args.out}/rejects.jsonl")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pedray.data.preview import inspect_stage
+
+    _print(inspect_stage(args.config, args.overrides, args.stage, rows=args.rows))
+    return 0
+
+
+def _add_recipe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML recipe (jobs/*.yaml); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=256")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pedray", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    corpus = verbs.add_parser("corpus", help="write the embedded PedCorpus (instructions, text, preferences)")
+    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--count", type=int, default=6000, help="instructions over all tasks")
+    corpus.add_argument("--holdout", type=float, default=0.05)
+    corpus.set_defaults(func=cmd_corpus)
+
+    init = verbs.add_parser("init-model", help="train the tokenizer and build the default Llama model")
+    init.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    init.add_argument("--out", required=True)
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=cmd_init_model)
+
+    prep = verbs.add_parser("prep", help="normalise other corpora (alpaca, sharegpt, dataset_info, text, csv, xlsx)")
+    prep.add_argument("--input", action="append", required=True, help="file or folder (repeatable)")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--task", default=None, help="task label for every record (inferred when omitted)")
+    prep.add_argument("--holdout", type=float, default=0.0)
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--dedup-threshold", type=float, default=0.9, help="near-duplicate Jaccard threshold")
+    prep.set_defaults(func=cmd_prep)
+
+    data = verbs.add_parser("data", help="run a stage's Ray Data pipeline and show what comes out")
+    data.add_argument("--stage", choices=["cpt", "sft", "dfpo"], default="sft")
+    data.add_argument("--rows", type=int, default=1, help="sample rows to decode")
+    _add_recipe(data)
+    data.set_defaults(func=cmd_data)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "task", None) is not None:
+        from pedray.vocab import TASKS
+
+        if args.task not in TASKS:
+            print(f"pedray: --task must be one of {', '.join(TASKS)}", file=sys.stderr)
+            return 2
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"pedray {args.verb}: {err}", file=sys.stderr)
+        return 2

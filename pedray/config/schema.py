@@ -1,0 +1,249 @@
+"""Typed configuration of a pedray recipe: one dataclass per concern, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pedray.vocab import STAGES, TASKS
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    corpus_dir: str | None = None
+    """Folder of prepared records (from `pedray prep` or the embedded generator); None builds the embedded corpus."""
+    inputs: list[str] = field(default_factory=list)
+    """Extra files or folders of other people's corpora, normalised by `pedray prep` and mixed in."""
+    seed: int = 0
+    """Seed of the corpus generator, the splits and every shuffle."""
+    instructions: int = 6000
+    """How many instructions the embedded generator writes (all tasks together)."""
+    holdout: float = 0.05
+    """Fraction of each task held out for evaluation."""
+    seq_len: int = 512
+    """Length of one packed training row in tokens."""
+    pack: bool = True
+    """Pack several documents into one row (attention never crosses a document boundary)."""
+    hybrid_ratio: float = 0.5
+    """Hybrid instruction pre-training: flattened instructions per pretraining document in the cpt stream."""
+    batch_size: int = 256
+    """Records per Ray Data batch while tokenising and packing."""
+    max_prompt_len: int = 384
+    """Preference pairs: the prompt is cut from the left to this many tokens."""
+
+    def __post_init__(self) -> None:
+        _check(16 <= self.seq_len <= 131072, "seq_len must be between 16 and 131072")
+        _check(0.0 <= self.holdout < 0.5, "holdout must be in [0, 0.5)")
+        _check(0.0 <= self.hybrid_ratio <= 10.0, "hybrid_ratio must be in [0, 10]")
+        _check(self.instructions >= 10, "instructions must be at least 10")
+        _check(self.batch_size >= 1, "batch_size must be positive")
+        _check(0 < self.max_prompt_len < self.seq_len, "max_prompt_len must be in (0, seq_len)")
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """Local Hugging Face model folder; None builds the embedded default of `size`."""
+    size: Literal["tiny", "small"] = "tiny"
+    """Size of the embedded default model when `path` is None."""
+    trust_remote_code: bool = False
+    """Allow the model folder's own Python code (Baichuan2 needs it); off unless asked for."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel; sdpa and flash_attention_2 honour packed rows without cross-document attention."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (costs ~30% speed)."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    """Rank r of every LoRA expert."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the expert input."""
+    target_modules: list[str] = field(default_factory=list)
+    """Linear layer names to adapt; empty finds them automatically."""
+    num_experts: int = 3
+    """Number of specific experts T (the universal expert is always added)."""
+    top_k: int = 0
+    """Sparse gating: keep the top k specific experts per token; 0 keeps all (dense, the paper's)."""
+    balance_coef: float = 0.0
+    """Coefficient of the load-balancing auxiliary loss."""
+    gating: Literal["token", "task"] = "token"
+    """token: router on the hidden state (paper); task: gate from the record's task label (mergeable)."""
+    noise: bool = True
+    """Add eps * softplus(x Wn) to the router logits while training."""
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "rank must be at least 1")
+        _check(self.num_experts >= 1, "num_experts must be at least 1")
+        _check(0 <= self.top_k <= self.num_experts, "top_k must be in [0, num_experts]")
+        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        _check(self.balance_coef >= 0.0, "balance_coef must be non-negative")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate (a stage may override it)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent warming up linearly."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping; 0 disables it."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr must be positive")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+        _check(self.grad_clip >= 0, "grad_clip must be non-negative")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    """Ray Train workers; 0 runs the loop in the driver process (local debugging mode)."""
+    cpus_per_worker: float = 0.5
+    """CPUs each worker asks Ray for; leave one whole CPU free for Ray Data."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3."""
+    offload_optimizer: bool = False
+    """ZeRO-2/3: keep optimizer state on the CPU."""
+    offload_params: bool = False
+    """ZeRO-3: keep parameters on the CPU."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Training precision."""
+    micro_batch_size: int = 4
+    """Rows per worker per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    threads_per_worker: int = 0
+    """torch threads inside a worker; 0 derives it from cpus_per_worker (Ray sets OMP_NUM_THREADS=1)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, "num_workers must be non-negative")
+        _check(self.cpus_per_worker > 0, "cpus_per_worker must be positive")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3")
+        _check(not self.offload_params or self.zero_stage == 3, "offload_params needs zero_stage 3")
+        _check(not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer needs zero_stage >= 1")
+        _check(self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1")
+
+
+@dataclass
+class StageConfig:
+    enabled: bool = True
+    """Run this stage in train_all."""
+    max_steps: int = 100
+    """Optimizer steps of the stage."""
+    lr: float | None = None
+    """Stage learning rate; None uses optim.lr."""
+    checkpoint_every: int = 50
+    """Report a Ray Train checkpoint every N steps (and at the end)."""
+    log_every: int = 5
+    """Print a progress line every N steps."""
+    beta: float = 0.1
+    """dfpo: DPO temperature beta."""
+    mu: float = 1.0
+    """dfpo: weight of the length-normalised NLL of the chosen answer (0 gives plain DPO)."""
+    max_failures: int = 2
+    """Ray Train FailureConfig: worker failures tolerated before the stage fails."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "max_steps must be at least 1")
+        _check(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        _check(self.lr is None or self.lr > 0, "lr must be positive")
+        _check(self.beta > 0 and self.mu >= 0, "beta must be positive and mu non-negative")
+        _check(self.max_failures >= 0, "max_failures must be non-negative")
+
+
+def _default_stages() -> dict[str, StageConfig]:
+    return {name: StageConfig() for name in STAGES}
+
+
+@dataclass
+class TuneConfig:
+    num_experts: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    """Grid of specific-expert counts to sweep."""
+    rank: list[int] = field(default_factory=lambda: [8])
+    """Grid of LoRA ranks."""
+    mu: list[float] = field(default_factory=lambda: [1.0])
+    """Grid of DFPO mu values (used when a sweep includes dfpo)."""
+    grace_period: int = 5
+    """ASHA: steps before a trial may be stopped."""
+    max_concurrent: int = 0
+    """Trials at once; 0 derives it from the cluster's CPUs."""
+
+    def __post_init__(self) -> None:
+        _check(all(n >= 1 for n in self.num_experts) and self.num_experts, "num_experts must be a list of ints >= 1")
+        _check(all(r >= 1 for r in self.rank) and self.rank, "rank must be a list of ints >= 1")
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds to."""
+    port: int = 8000
+    """HTTP port."""
+    api_key: str | None = None
+    """When set, requests need `Authorization: Bearer <api_key>`."""
+    max_tokens_limit: int = 1024
+    """Largest max_tokens a request may ask for."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, "port must be in 1..65535")
+
+
+@dataclass
+class EvalConfig:
+    sets: list[str] = field(default_factory=list)
+    """Extra PediaBench-layout files to evaluate on, beside the held-out splits."""
+    max_new_tokens: int = 128
+    """Generation length per answer."""
+    limit: int = 50
+    """Questions per task and set (0 = all)."""
+
+
+@dataclass
+class Recipe:
+    name: str = "default"
+    """Name of the run; stage folders and Ray run names derive from it."""
+    output_dir: str = "outputs/default"
+    """Where stage folders, manifests and plots go (local path or s3:// URI)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    stages: dict[str, StageConfig] = field(default_factory=_default_stages)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.stages) - set(STAGES))
+        _check(not unknown, f"unknown stage(s) {unknown}; allowed: {list(STAGES)}")
+        for name in STAGES:
+            self.stages.setdefault(name, StageConfig())
+
+    def stage(self, name: str) -> StageConfig:
+        return self.stages[name]
+
+
+__all__ = [
+    "DataConfig", "ModelConfig", "LoraConfig", "OptimConfig", "ScalingConfig", "StageConfig",
+    "TuneConfig", "ServeConfig", "EvalConfig", "Recipe", "TASKS",
+]

@@ -1,0 +1,218 @@
+"""Turns the knowledge base, deterministically by seed, into PedCorpus: instructions, text, preference pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from pedray.corpus import phrasing as ph
+from pedray.corpus.knowledge import CareTopic, Condition, load_knowledge
+from pedray.data.columns import make_record
+from pedray.vocab import DEFAULT_SYSTEM, TASKS
+
+TASK_WEIGHTS = {"medkqa": 0.30, "evidiag": 0.20, "trerecom": 0.20, "dialogue": 0.15, "general": 0.15}
+SOURCE = "pedcorpus"
+
+
+def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def medkqa(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
+    """Knowledge question about one aspect of a condition."""
+    aspect = rng.choice(list(ph.ASPECT_QUESTIONS))
+    question = rng.choice(ph.ASPECT_QUESTIONS[aspect]).format(name=cond.name, child=rng.choice(ph.CHILD))
+    if aspect == "age":
+        low, high = cond.age_months
+        body = f"{cond.name}多见于{ph.format_age(max(low, 1))}到{ph.format_age(high)}的儿童。" + ph.join(
+            ph.pick(rng, cond.diagnosis, 1, 2))
+    else:
+        body = ph.ASPECT_LEADS[aspect].format(name=cond.name) + ph.listing(rng, ph.pick(rng, getattr(cond, aspect), 3))
+    flags_already = aspect == "red_flags"
+    return [("user", question), ("assistant", ph.warm(rng, body, None if flags_already else cond))]
+
+
+def evidiag(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
+    """Case description -> reasoning and diagnosis."""
+    case, symptoms, months = ph.case_description(rng, cond)
+    reasoning = (f"分析：患儿{ph.format_age(months)}，主要表现为{'、'.join(symptoms)}。"
+                 + ph.join(ph.pick(rng, cond.diagnosis, 2)))
+    exams = "建议检查：" + "、".join(ph.pick(rng, cond.exams, 1, 3)) + "。"
+    answer = f"{reasoning}\n初步诊断：{cond.name}。\n{exams}"
+    return [("user", case + rng.choice(ph.CASE_ASKS)), ("assistant", ph.warm(rng, answer, cond))]
+
+
+def trerecom(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
+    """Diagnosis (with age) -> treatment and home-care recommendation."""
+    age = ph.format_age(ph.sample_age(rng, cond))
+    question = rng.choice(ph.TREAT_QUESTIONS).format(age=age, child=rng.choice(ph.CHILD), name=cond.name)
+    body = ("治疗方面：" + ph.listing(rng, ph.pick(rng, cond.management, 2)) + "\n居家护理："
+            + ph.join(ph.pick(rng, cond.home_care, 2)))
+    return [("user", question), ("assistant", ph.warm(rng, body, cond))]
+
+
+def dialogue(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
+    """Multi-turn consultation: complaint, follow-up questions, details, assessment, care question."""
+    months = ph.sample_age(rng, cond)
+    first, *rest = ph.pick(rng, cond.symptoms, 3, 5)
+    turns = [("user", f"医生您好，{rng.choice(ph.CHILD)}{rng.choice(ph.DURATIONS)}前开始{first}，怎么办？"),
+             ("assistant", rng.choice(ph.OPENERS) + "想再了解一些情况：孩子多大了？还有没有其他不舒服，比如"
+              + "、".join(rest[:2]) + "？精神和吃喝怎么样？"),
+             ("user", f"{ph.format_age(months)}了，" + "，".join(rest) + "，精神还可以。"),
+             ("assistant", f"结合年龄和{first}、{'、'.join(rest)}这些表现，要考虑{cond.name}的可能。"
+              + ph.join(ph.pick(rng, cond.diagnosis, 1, 2)) + "建议到医院做" + "、".join(ph.pick(rng, cond.exams, 1, 2))
+              + "以明确诊断。")]
+    if rng.random() < 0.7:
+        turns += [("user", rng.choice(["那在家里要怎么照顾？", "需要吃药吗？", "平时要注意什么？"])),
+                  ("assistant", ph.warm(rng, "治疗上" + ph.join(ph.pick(rng, cond.management, 1, 2)) + "在家"
+                                        + ph.join(ph.pick(rng, cond.home_care, 2)), cond))]
+    else:
+        turns[-1] = ("assistant", ph.warm(rng, turns[-1][1], cond))
+    return turns
+
+
+def general(rng: random.Random, conds: tuple[Condition, ...], topics: tuple[CareTopic, ...]) -> list[tuple[str, str]]:
+    """General child care, or general instructions over the knowledge base (summaries, comparisons)."""
+    style = rng.random()
+    if style < 0.5:
+        topic = rng.choice(topics)
+        body = ph.listing(rng, ph.pick(rng, topic.points, 3))
+        return [("user", rng.choice(topic.questions)), ("assistant", ph.warm(rng, body))]
+    if style < 0.75:
+        cond = rng.choice(conds)
+        ask = rng.choice(["用几句话概括一下{n}。", "简单介绍一下{n}。", "请用通俗的话解释什么是{n}。"])
+        body = (f"{cond.name}属于{cond.group}，常见表现有{'、'.join(ph.pick(rng, cond.symptoms, 2, 3))}。"
+                f"治疗上{ph.pick(rng, cond.management, 1, 1)[0]}。")
+        return [("user", ask.format(n=cond.name)), ("assistant", ph.warm(rng, body, cond))]
+    first, second = rng.sample(list(conds), 2)
+    body = (f"{first.name}：{'、'.join(ph.pick(rng, first.symptoms, 2, 3))}。\n"
+            f"{second.name}：{'、'.join(ph.pick(rng, second.symptoms, 2, 3))}。\n两者的处理也不同，具体需由医生判断。")
+    return [("user", f"{first.name}和{second.name}有什么区别？"), ("assistant", ph.warm(rng, body))]
+
+
+BUILDERS: dict[str, Callable[..., list[tuple[str, str]]]] = {
+    "medkqa": medkqa, "evidiag": evidiag, "trerecom": trerecom, "dialogue": dialogue,
+}
+
+REJECTED_STYLES = {
+    "curt": ["多喝水，过几天就好了。", "没事，不用管。", "这个很常见，别担心。", "去医院看看吧。"],
+    "unsafe": ["不用去医院，先自己买点抗生素吃就行。", "给孩子吃成人药物减半就可以了。", "用酒精擦身退烧，捂一身汗就好。",
+               "等几天看看，出现什么情况都不用急着去医院。"],
+}
+
+
+def _rejected(rng: random.Random, cond: Condition) -> str:
+    """A curt, incomplete (one point, no safety advice) or unsafe answer."""
+    style = rng.choice(["curt", "incomplete", "unsafe"])
+    if style == "incomplete":
+        return rng.choice(cond.symptoms + cond.management) + "。"
+    return rng.choice(REJECTED_STYLES[style])
+
+
+def split_of(record_id: str, seed: int, holdout: float) -> str:
+    """"train" or "test", decided by a seeded hash of the record id (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    return "test" if int.from_bytes(digest[:4], "big") / 2**32 < holdout else "train"
+
+
+def instructions(seed: int, count: int) -> list[dict[str, Any]]:
+    """`count` unique instructions over all tasks, in a seeded order."""
+    rng = random.Random(seed)
+    conds, topics = load_knowledge()
+    quotas = {task: round(count * weight) for task, weight in TASK_WEIGHTS.items()}
+    quotas["medkqa"] += count - sum(quotas.values())
+    records, seen = [], set()
+    for task in TASKS:
+        made, attempts = 0, 0
+        while made < quotas[task] and attempts < quotas[task] * 50:
+            attempts += 1
+            cond = rng.choice(conds)
+            turns = general(rng, conds, topics) if task == "general" else BUILDERS[task](rng, cond)
+            key = (task, tuple(turns))
+            if key in seen:
+                continue
+            seen.add(key)
+            records.append(make_record("sft", task, SOURCE, f"{SOURCE}-{seed}-{task}-{made}", system=DEFAULT_SYSTEM,
+                                       group="" if task == "general" else cond.group, messages=_conversation(turns)))
+            made += 1
+    rng.shuffle(records)
+    return records
+
+
+def preferences(seed: int, count: int) -> list[dict[str, Any]]:
+    """Preference pairs: warm, complete and safe chosen answers against curt, incomplete or unsafe ones."""
+    rng = random.Random(seed + 1)
+    conds, _ = load_knowledge()
+    records = []
+    for index in range(count):
+        cond = rng.choice(conds)
+        task = rng.choice(["medkqa", "evidiag", "trerecom"])
+        turns = BUILDERS[task](rng, cond)
+        records.append(make_record(
+            "pref", task, SOURCE, f"{SOURCE}-{seed}-pref-{index}", system=DEFAULT_SYSTEM, group=cond.group,
+            messages=_conversation(turns[:-1]), chosen=turns[-1][1], rejected=_rejected(rng, cond)))
+    return records
+
+
+def pretraining_text(seed: int, variants: int = 8) -> list[dict[str, Any]]:
+    """Encyclopedic paragraphs about every condition and topic, several phrasings each."""
+    rng = random.Random(seed + 2)
+    conds, topics = load_knowledge()
+    docs = []
+    for cond in conds:
+        alias = f"（又称{'、'.join(cond.aliases)}）" if cond.aliases else ""
+        low, high = cond.age_months
+        for variant in range(variants):
+            sentences = [
+                f"{cond.name}{alias}是儿科{cond.group}中的常见病，多见于{ph.format_age(max(low, 1))}到{ph.format_age(high)}的儿童。",
+                "典型表现包括" + "、".join(ph.pick(rng, cond.symptoms, 3)) + "。",
+                "诊断要点：" + ph.join(ph.pick(rng, cond.diagnosis, 2)),
+                "常用检查有" + "、".join(ph.pick(rng, cond.exams, 1)) + "。",
+                "治疗原则：" + ph.join(ph.pick(rng, cond.management, 2)),
+                "家庭护理：" + ph.join(ph.pick(rng, cond.home_care, 2)),
+                "出现" + "、".join(ph.pick(rng, cond.red_flags, 2)) + "等情况时应及时就医。",
+            ]
+            head, tail = sentences[0], sentences[1:]
+            rng.shuffle(tail)
+            docs.append(make_record("text", "general", SOURCE, f"{SOURCE}-{seed}-text-{cond.id}-{variant}",
+                                    group=cond.group, text=head + "".join(tail)))
+    for topic in topics:
+        for variant in range(variants // 2):
+            docs.append(make_record("text", "general", SOURCE, f"{SOURCE}-{seed}-text-{topic.id}-{variant}",
+                                    text=rng.choice(topic.questions) + ph.join(ph.pick(rng, topic.points, 3))))
+    rng.shuffle(docs)
+    return docs
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_corpus(out: str | Path, seed: int = 0, count: int = 6000, holdout: float = 0.05) -> dict[str, Any]:
+    """Write PedCorpus to `out`: sft/pref train and test splits per task, text, and a summary.
+
+    Returns the summary (counts per kind, task and split).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = {"sft": instructions(seed, count), "pref": preferences(seed, max(200, count // 6)),
+              "text": pretraining_text(seed)}
+    summary: dict[str, Any] = {"seed": seed, "source": SOURCE, "files": {}}
+    for kind, records in groups.items():
+        splits: dict[str, list] = {"train": [], "test": []}
+        for record in records:
+            splits["train" if kind == "text" else split_of(record["id"], seed, holdout)].append(record)
+        for split, rows in splits.items():
+            if not rows:
+                continue
+            name = f"{kind}_{split}.jsonl"
+            write_jsonl(out / name, rows)
+            summary["files"][name] = {"records": len(rows), "tasks": dict(Counter(r["task"] for r in rows))}
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    return summary

@@ -1,0 +1,97 @@
+"""Packs tokenised documents into fixed-length rows without cross-document attention."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pedray.data.columns import IGNORE_INDEX
+
+Doc = tuple[np.ndarray, np.ndarray]
+
+
+def split_long(docs: Sequence[Doc], seq_len: int, truncate: bool) -> list[Doc]:
+    """Documents longer than a row are truncated (sft) or cut into row-sized chunks (cpt)."""
+    out = []
+    for ids, labels in docs:
+        if len(ids) <= seq_len:
+            out.append((ids, labels))
+        elif truncate:
+            out.append((ids[:seq_len], labels[:seq_len]))
+        else:
+            out.extend((ids[i:i + seq_len], labels[i:i + seq_len]) for i in range(0, len(ids), seq_len))
+    return [d for d in out if len(d[0]) > 1]
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of document indices, longest documents first, each into the first bin it fits."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        length = lengths[index]
+        for b, free in enumerate(room):
+            if free >= length:
+                bins[b].append(index)
+                room[b] -= length
+                break
+        else:
+            bins.append([index])
+            room.append(capacity - length)
+    return bins
+
+
+def pack(docs: Sequence[Doc], seq_len: int, pad_id: int, truncate: bool = True) -> dict[str, np.ndarray]:
+    """Pack documents into rows of `seq_len` tokens.
+
+    Each row holds whole documents; `position_ids` restart at 0 for every document, which
+    transformers turns into a block-diagonal causal mask (SDPA, flash attention). The first label
+    of each document is masked so no token learns to predict across a boundary. The tail of a row
+    is padding: pad ids, labels -100, its own position run (a separate, ignored segment).
+
+    Returns:
+        input_ids, labels, position_ids: int32 arrays of shape [rows, seq_len];
+        tokens: int32 [rows], the real (non-padding) tokens of each row.
+    """
+    pieces = split_long(docs, seq_len, truncate)
+    bins = first_fit_decreasing([len(ids) for ids, _ in pieces], seq_len)
+    shape = (len(bins), seq_len)
+    input_ids = np.full(shape, pad_id, dtype=np.int32)
+    labels = np.full(shape, IGNORE_INDEX, dtype=np.int32)
+    positions = np.zeros(shape, dtype=np.int32)
+    tokens = np.zeros(len(bins), dtype=np.int32)
+    for row, members in enumerate(bins):
+        cursor = 0
+        for index in members:
+            ids, labs = pieces[index]
+            n = len(ids)
+            input_ids[row, cursor:cursor + n] = ids
+            labels[row, cursor:cursor + n] = labs
+            labels[row, cursor] = IGNORE_INDEX
+            positions[row, cursor:cursor + n] = np.arange(n)
+            cursor += n
+        positions[row, cursor:] = np.arange(seq_len - cursor)
+        tokens[row] = cursor
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "tokens": tokens}
+
+
+def pad_rows(docs: Sequence[Doc], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """One document a row, right-padded (the no-packing path, for models without packed attention)."""
+    pieces = split_long(docs, seq_len, truncate=True)
+    width = seq_len
+    input_ids = np.full((len(pieces), width), pad_id, dtype=np.int32)
+    labels = np.full((len(pieces), width), IGNORE_INDEX, dtype=np.int32)
+    positions = np.tile(np.arange(width, dtype=np.int32), (len(pieces), 1))
+    for row, (ids, labs) in enumerate(pieces):
+        input_ids[row, :len(ids)] = ids
+        labels[row, :len(ids)] = labs
+        labels[row, 0] = IGNORE_INDEX
+    tokens = np.asarray([len(ids) for ids, _ in pieces], dtype=np.int32)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "tokens": tokens}
+
+
+def non_padding_fraction(rows: dict[str, np.ndarray]) -> float:
+    """Share of real (non-padding) tokens in packed rows."""
+    total = rows["input_ids"].size
+    return float(rows["tokens"].sum()) / total if total else 0.0

@@ -1,0 +1,133 @@
+"""Ray Data pipelines: stream records from disk, tokenise, mask, mix and pack them for each stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pedray.config.schema import DataConfig
+from pedray.data import packing
+from pedray.data import tokenize as tok
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    """One tokenizer per Ray worker process and path (tasks reuse their process)."""
+    from pedray.model.build import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def corpus_files(dirs: list[str | Path], kind: str, split: str = "train") -> list[str]:
+    """The `{kind}_{split}.jsonl` files of the prepared corpus folders (empty ones left out)."""
+    files = [Path(d) / f"{kind}_{split}.jsonl" for d in dirs]
+    return [str(f) for f in files if f.is_file() and f.stat().st_size > 0]
+
+
+def count_records(files: list[str]) -> int:
+    """Record count from each folder's summary.json when it has one, else by streaming the file."""
+    total = 0
+    for file in files:
+        path = Path(file)
+        summary = path.parent / "summary.json"
+        counted = None
+        if summary.is_file():
+            info = json.loads(summary.read_text(encoding="utf-8")).get("files", {}).get(path.name)
+            counted = info.get("records") if isinstance(info, dict) else None
+        if counted is None:
+            with path.open("rb") as handle:
+                counted = sum(1 for line in handle if line.strip())
+        total += counted
+    return total
+
+
+def read_records(files: list[str], seed: int, shuffle: bool = True):
+    """A Ray Dataset of normalised records, globally shuffled by seed (Ray's streaming shuffle)."""
+    import ray.data
+
+    if not files:
+        raise FileNotFoundError("no corpus files to read; run `python -m pedray prep` or the corpus generator")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    dataset = ray.data.read_json(files, file_extensions=["jsonl"])  # pyarrow reader: arrow blocks
+    return dataset.random_shuffle(seed=seed) if shuffle else dataset
+
+
+def _keep(record_id: str, seed: int, probability: float) -> bool:
+    digest = hashlib.sha256(f"hybrid:{seed}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < probability
+
+
+def _rows(batch: pa.Table) -> list[dict[str, Any]]:
+    return batch.to_pylist()
+
+
+def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool) -> dict[str, np.ndarray]:
+    if cfg.pack:
+        return packing.pack(docs, cfg.seq_len, pad_id, truncate=truncate)
+    return packing.pad_rows(docs, cfg.seq_len, pad_id)
+
+
+def _sft_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
+    tokenizer = _tokenizer(tokenizer_path)
+    docs = tok.encode_conversations(tokenizer, _rows(batch), cfg.seq_len)
+    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True)
+
+
+def _cpt_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
+    tokenizer = _tokenizer(tokenizer_path)
+    docs = tok.encode_texts(tokenizer, [tok.record_text(r) for r in _rows(batch)])
+    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=False)
+
+
+def _pref_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> pa.Table:
+    tokenizer = _tokenizer(tokenizer_path)
+    columns = tok.encode_preferences(tokenizer, _rows(batch), cfg.seq_len, cfg.max_prompt_len)
+    return pa.table({k: pa.array([v.tolist() for v in vs], type=pa.list_(pa.int32())) for k, vs in columns.items()})
+
+
+def sft_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, split: str = "train"):
+    """Packed, prompt-masked conversations (multi-turn aware) for the sft and mouse stages."""
+    records = read_records(corpus_files(dirs, "sft", split), cfg.seed)
+    return records.map_batches(_sft_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
+                               fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})
+
+
+def cpt_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, split: str = "train"):
+    """Hybrid instruction pre-training stream: documents plus flattened instructions, packed.
+
+    `cfg.hybrid_ratio` flattened instructions are mixed in per pretraining document (sampled by a
+    seeded hash of the record id, so the mixture is the same on every run and every worker).
+    """
+    import ray.data
+
+    text_files = corpus_files(dirs, "text", "train")
+    instruction_files = corpus_files(dirs, "sft", split)
+    parts = []
+    if text_files:
+        parts.append(read_records(text_files, cfg.seed, shuffle=False))
+    if instruction_files and cfg.hybrid_ratio > 0:
+        wanted = cfg.hybrid_ratio * max(count_records(text_files), 1)
+        probability = min(1.0, wanted / max(count_records(instruction_files), 1))
+        seed = cfg.seed
+        parts.append(read_records(instruction_files, seed, shuffle=False).filter(
+            lambda r: _keep(r["id"], seed, probability)))
+    if not parts:
+        raise FileNotFoundError(f"no pretraining text or instructions under {dirs}")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    mixed = mixed.select_columns(["id", "kind", "messages", "text"]).random_shuffle(seed=cfg.seed)
+    return mixed.map_batches(_cpt_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
+                             fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})
+
+
+def pref_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, split: str = "train"):
+    """Tokenised preference pairs (prompt masked) for the dfpo stage; padded per batch by the collator."""
+    records = read_records(corpus_files(dirs, "pref", split), cfg.seed)
+    return records.map_batches(_pref_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
+                               fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})

@@ -1,0 +1,63 @@
+"""`pedray data`: streams a stage's dataset through Ray Data and previews what a training worker would see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pedray.data.columns import IGNORE_INDEX
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS when set, else start a private local Ray (never a stale cluster file)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="ERROR")
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def describe_row(tokenizer, input_ids: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Decoded text of a row and of the part that carries loss."""
+    return {"text": tokenizer.decode(input_ids.tolist()),
+            "learned": tokenizer.decode(input_ids[labels != IGNORE_INDEX].tolist())}
+
+
+def inspect_stage(config: str | None, overrides: list[str], stage: str, rows: int = 1) -> dict[str, Any]:
+    from pedray.config import load_recipe
+    from pedray.model.build import load_tokenizer
+    from pedray.workspace import base_model_dir, stage_dataset
+
+    recipe = load_recipe(config, overrides)
+    ensure_ray()
+    model_dir = base_model_dir(recipe)
+    tokenizer = load_tokenizer(model_dir)
+    dataset = stage_dataset(recipe, stage, model_dir)
+    report: dict[str, Any] = {"stage": stage, "model": str(model_dir), "rows": 0, "samples": []}
+    real = total = 0
+    for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"):
+        if stage == "dfpo":
+            report["rows"] += len(batch["chosen_input_ids"])
+            real += sum(len(x) for x in batch["chosen_input_ids"]) + sum(len(x) for x in batch["rejected_input_ids"])
+            while len(report["samples"]) < rows:
+                i = len(report["samples"])
+                report["samples"].append({"chosen": describe_row(tokenizer, batch["chosen_input_ids"][i], batch["chosen_labels"][i]),
+                                          "rejected": tokenizer.decode(batch["rejected_input_ids"][i][-40:].tolist())})
+            continue
+        report["rows"] += len(batch["input_ids"])
+        real += int(batch["tokens"].sum())
+        total += batch["input_ids"].size
+        while len(report["samples"]) < min(rows, len(batch["input_ids"])):
+            i = len(report["samples"])
+            report["samples"].append(describe_row(tokenizer, batch["input_ids"][i], batch["labels"][i]))
+    report["tokens"] = real
+    if total:
+        report["non_padding_fraction"] = round(real / total, 4)
+    return report

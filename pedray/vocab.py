@@ -1,0 +1,9 @@
+"""The project's one vocabulary: stage names, task names, roles and the disclaimer."""
+
+STAGES = ("cpt", "sft", "dfpo", "mouse")
+TASKS = ("medkqa", "evidiag", "trerecom", "dialogue", "general")
+ROLES = ("system", "user", "assistant")
+
+DEFAULT_SYSTEM = "你是一名耐心、严谨的儿科医生助手，用通俗的语言回答家长关于儿童健康的问题。"
+DISCLAIMER = "（以上内容仅供参考，不能代替医生的面诊，如有疑问请及时就医。）"
+URGENT_NOTICE = "【紧急提醒】孩子出现的情况可能很危险，请立即前往急诊或拨打120。"
