@@ -1,0 +1,107 @@
+"""Loss functions as pure tensor functions: `(loss, metrics)` out, no Ray, no DeepSpeed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pedray.data.columns import IGNORE_INDEX
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and the mask of positions that count.
+
+    Args:
+        logits: [B, T, V] model outputs.
+        labels: [B, T] token ids, IGNORE_INDEX where no loss is taken (not yet shifted).
+
+    Returns:
+        logps [B, T-1] (0 where masked) and mask [B, T-1] (bool).
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~mask, 0)
+    # log_softmax gathered at the target: logits[target] - logsumexp(logits), one pass over V.
+    picked = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1)
+    logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    return logps, mask
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's labelled tokens and their count ([B], [B])."""
+    logps, mask = token_logps(logits, labels)
+    return logps.sum(-1), mask.sum(-1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy over labelled tokens (cpt, sft and mouse).
+
+    Golden value: uniform logits over V tokens give log(V) whatever the labels.
+    """
+    logps, mask = token_logps(logits, labels)
+    tokens = mask.sum().clamp(min=1)
+    loss = -logps.sum() / tokens
+    return loss, {"loss": loss.detach(), "tokens": mask.sum().detach()}
+
+
+def dfpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    beta: float = 0.1,
+    mu: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct following preference optimisation (PediatricsGPT, arXiv 2405.19266, section 3.3).
+
+    L = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
+        + mu * (-(1 / |y_w|) * log pi(y_w|x))
+
+    The first term is DPO's sigmoid loss (Rafailov et al., 2023); the second, the length-normalised
+    negative log-likelihood of the chosen answer, keeps the policy following the preferred answers
+    so their likelihood does not collapse while the margin grows. mu = 0 gives plain DPO.
+
+    Args:
+        policy_*_logps, reference_*_logps: [B] summed log-probabilities of the answers.
+        chosen_lengths: [B] number of answer tokens of each chosen answer.
+
+    Returns:
+        The batch-mean loss and metrics: reward accuracy and margin, chosen and rejected rewards
+        and log-probabilities, and the two loss terms.
+    """
+    chosen_ratio = policy_chosen_logps - reference_chosen_logps
+    rejected_ratio = policy_rejected_logps - reference_rejected_logps
+    preference = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    following = -policy_chosen_logps / chosen_lengths.clamp(min=1)
+    loss = (preference + mu * following).mean()
+    chosen_rewards, rejected_rewards = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    metrics = {
+        "loss": loss.detach(),
+        "preference_loss": preference.mean().detach(),
+        "following_nll": following.mean().detach(),
+        "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+        "reward_margin": (chosen_rewards - rejected_rewards).mean(),
+        "chosen_reward": chosen_rewards.mean(),
+        "rejected_reward": rejected_rewards.mean(),
+        "chosen_logps": policy_chosen_logps.detach().mean(),
+        "rejected_logps": policy_rejected_logps.detach().mean(),
+    }
+    return loss, metrics
+
+
+def load_balance_loss(gate_weights: torch.Tensor) -> torch.Tensor:
+    """Load-balancing auxiliary loss for a mixture of experts (Switch Transformer style, soft form).
+
+    T * sum_j f_j * P_j with f_j the share of tokens whose top expert is j and P_j the mean gate
+    weight of expert j; equals 1 for a perfectly uniform load and grows as load concentrates.
+
+    Args:
+        gate_weights: [N, T] gate distribution of N tokens over T experts.
+    """
+    experts = gate_weights.shape[-1]
+    flat = gate_weights.reshape(-1, experts)
+    share = F.one_hot(flat.argmax(-1), experts).float().mean(0)
+    mean_gate = flat.mean(0)
+    return experts * (share * mean_gate).sum()

@@ -1,0 +1,52 @@
+"""train_all: chains cpt -> sft -> dfpo -> mouse, skipping completed stages and resuming an interrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pedray.config.schema import Recipe
+from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
+from pedray.vocab import STAGES
+
+
+def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the enabled stages in order; each starts from the previous stage's exported model.
+
+    A stage whose manifest says complete with the same fingerprint (settings and upstream) is
+    skipped. An interrupted stage restarts under the same Ray Train run name, which makes Ray
+    restore its latest checkpoint.
+    """
+    from pedray.workspace import base_model_dir
+
+    upstream = base_model_dir(recipe)
+    upstream_info: dict[str, Any] = {"stage": "base", "path": str(upstream), "fingerprint": f"base:{upstream}"}
+    manifests: dict[str, dict[str, Any]] = {}
+    for stage in stages or list(STAGES):
+        if not recipe.stage(stage).enabled:
+            print(f"[{stage}] disabled in the recipe", flush=True)
+            continue
+        stage_dir = Path(recipe.output_dir) / stage
+        fingerprint = stage_fingerprint(recipe, stage, upstream_info["fingerprint"])
+        manifest = read_manifest(stage_dir)
+        if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fingerprint:
+            print(f"[{stage}] complete already ({stage_dir}), skipping", flush=True)
+        else:
+            print(f"[{stage}] starting from {upstream_info['stage']} ({upstream})", flush=True)
+            manifest = run_stage(recipe, stage, upstream, stage_dir, upstream_info)
+            print(f"[{stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
+                  f"in {manifest['elapsed_s']}s; model in {manifest['paths']['model']}", flush=True)
+        manifests[stage] = manifest
+        if stage != "mouse":  # mouse exports adapters over its upstream; nothing trains after it
+            upstream = Path(manifest["paths"]["model"])
+            upstream_info = {"stage": stage, "path": str(upstream), "fingerprint": manifest["fingerprint"]}
+    return manifests
+
+
+def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: each stage's loss at its first and last logged step, steps, time."""
+    lines = ["| stage | first loss | final loss | steps | seconds | model |", "|---|---|---|---|---|---|"]
+    for stage, manifest in manifests.items():
+        lines.append(f"| {stage} | {manifest['first_loss']:.4f} | {manifest['final_loss']:.4f} | {manifest['steps']} "
+                     f"| {manifest['elapsed_s']} | {manifest['paths']['model']} |")
+    return "\n".join(lines)

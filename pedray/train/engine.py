@@ -1,0 +1,134 @@
+"""Every DeepSpeed call of pedray: configuration, initialise, backward, step, save, load, export."""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from pedray.config.schema import OptimConfig, ScalingConfig, StageConfig
+
+TAG = "pedray"  # DeepSpeed also writes a file named "latest" beside the tag folder
+
+
+def deepspeed_config(scaling: ScalingConfig, optim: OptimConfig, stage: StageConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of a stage: ZeRO, offload, precision, accumulation, clipping, AdamW, warm-up + cosine."""
+    zero: dict[str, Any] = {"stage": scaling.zero_stage}
+    if scaling.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": scaling.use_gpu}
+    if scaling.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": scaling.use_gpu}
+    if scaling.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    warmup = int(optim.warmup_ratio * stage.max_steps)
+    return {
+        "train_micro_batch_size_per_gpu": scaling.micro_batch_size,
+        "gradient_accumulation_steps": scaling.grad_accum,
+        "train_batch_size": scaling.micro_batch_size * scaling.grad_accum * max(world_size, 1),
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": scaling.precision == "bf16"},
+        # torch_adam: PyTorch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on CPU.
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": stage.lr or optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay,
+            "torch_adam": True}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": stage.max_steps, "warmup_num_steps": max(warmup, 1), "warmup_min_ratio": 0.0,
+            "cos_min_ratio": optim.min_lr_ratio, "warmup_type": "linear"}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_process_group(use_gpu: bool) -> None:
+    """Join the process group Ray Train made, or make a one-process group (local mode, tools)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+
+
+@contextmanager
+def zero3_loading(config: dict[str, Any]) -> Iterator[None]:
+    """While active, `from_pretrained` partitions weights across ranks as it loads (ZeRO-3 only)."""
+    if config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep = HfDeepSpeedConfig(config)  # transformers reads it through a weak reference: keep it alive
+    yield
+    del keep
+
+
+class Engine:
+    """A model wrapped by DeepSpeed: the only object the training loop steps."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any]) -> None:
+        import deepspeed
+
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("no trainable parameters")
+        self.config = config
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=config)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(self.engine.global_steps)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def forward(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward a micro-batch and step; True when this micro-batch completed an optimizer step."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()
+        return boundary
+
+    def save(self, folder: str | Path) -> None:
+        """Every rank writes its share (model, optimizer, scheduler) under `folder/deepspeed`."""
+        self.engine.save_checkpoint(str(Path(folder) / "deepspeed"), tag=TAG)
+
+    def load(self, folder: str | Path) -> None:
+        path = Path(folder) / "deepspeed"
+        loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG)
+        if loaded is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (gathered under ZeRO-3; every rank must call), None elsewhere."""
+        import torch.distributed as dist
+
+        if self.config["zero_optimization"]["stage"] == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()} if rank == 0 and state else None

@@ -1,0 +1,203 @@
+"""The one Ray Train worker loop every stage runs: load, prepare, resume, step, log, checkpoint, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pedray.config.loader import build
+from pedray.config.schema import Recipe
+
+STATE_FILE = "state.json"
+EXPORT_DIR = "export"
+
+
+def _batches(shard, size: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches over as many epochs as needed, skipping the first `skip` (already trained on)."""
+    seen = 0
+    while True:
+        empty = True
+        for batch in shard.iter_batches(batch_size=size, batch_format="numpy"):
+            empty = False
+            seen += 1
+            if seen > skip:
+                yield batch
+        if empty:
+            raise ValueError("the stage's dataset is empty")
+
+
+class _Window:
+    """Metrics accumulated between two log lines, reduced over every rank."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, metrics: dict[str, Any], tokens: int) -> None:
+        for key, value in metrics.items():
+            if key != "tokens":
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+        self.tokens += tokens
+
+    def reduce(self) -> dict[str, float]:
+        import torch.distributed as dist
+
+        keys = sorted(self.sums)
+        values = torch.tensor([self.sums[k] for k in keys] + [self.count, self.tokens], dtype=torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(values)
+        count = max(values[-2].item(), 1.0)
+        out = {k: values[i].item() / count for i, k in enumerate(keys)}
+        elapsed = time.perf_counter() - self.started
+        out["tokens_per_s"] = values[-1].item() / max(elapsed, 1e-9)
+        return out
+
+
+def _status(rank: int, step: int) -> None:
+    """Heartbeat for operators and fault-injection tests: PEDRAY_STATUS_DIR/rank<r>.json."""
+    folder = os.environ.get("PEDRAY_STATUS_DIR")
+    if folder:
+        path = Path(folder) / f"rank{rank}.json"
+        path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step}))
+
+
+def _load_model(config: dict[str, Any], recipe: Recipe, ds_config: dict[str, Any]):
+    from pedray.model.build import load_model
+    from pedray.train.engine import zero3_loading
+
+    with zero3_loading(ds_config):
+        model = load_model(config["upstream"], trust_remote_code=recipe.model.trust_remote_code,
+                           attn_implementation=recipe.model.attn_implementation)
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    return model
+
+
+def _checkpoint(engine, state: dict[str, Any], metrics: dict[str, float], rank: int, export=None) -> None:
+    """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders."""
+    import ray.train
+
+    folder = Path(tempfile.mkdtemp(prefix="pedray-ckpt-"))
+    try:
+        engine.save(folder)
+        if rank == 0:
+            (folder / STATE_FILE).write_text(json.dumps(state, ensure_ascii=False))
+            if export is not None:
+                export(folder / EXPORT_DIR)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Prefetch:
+    """Pulls the first micro-batch in a thread, so the data pipeline starts while the model loads."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]]) -> None:
+        import threading
+
+        self.batches, self.first, self.error = batches, None, None
+        self.thread = threading.Thread(target=self._pull, daemon=True)
+        self.thread.start()
+
+    def _pull(self) -> None:
+        try:
+            self.first = next(self.batches)
+        except BaseException as err:  # re-raised in the training thread
+            self.error = err
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        yield self.first
+        yield from self.batches
+
+
+def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
+    """Training state and a local copy of the latest checkpoint (None when starting fresh)."""
+    if checkpoint is None:
+        return {"step": 0, "consumed": 0, "history": [], "resumed_from": None}, None
+    folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pedray-restore-")))
+    state = json.loads((folder / STATE_FILE).read_text())
+    state["resumed_from"] = state["step"]
+    return state, folder
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder)."""
+    import ray.train
+
+    from pedray.model.build import load_tokenizer
+    from pedray.train.engine import Engine, deepspeed_config, ensure_process_group
+    from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
+
+    recipe: Recipe = build(Recipe, config["recipe"], "<train loop config>")
+    stage, spec = config["stage"], STAGE_SPECS[config["stage"]]
+    settings, scaling = recipe.stage(config["stage"]), recipe.scaling
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(scaling.threads_per_worker or max(1, int(scaling.cpus_per_worker)))
+    torch.manual_seed(recipe.data.seed + rank)
+    device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
+
+    state, restored = _restore(ray.train.get_checkpoint())
+    batches = iter(_Prefetch(_batches(ray.train.get_dataset_shard("train"), scaling.micro_batch_size,
+                                      skip=state["consumed"])))
+    ensure_process_group(scaling.use_gpu)
+    ds_config = deepspeed_config(scaling, recipe.optim, settings, world)
+    engine = Engine(spec.prepare(_load_model(config, recipe, ds_config), recipe), ds_config)
+    tokenizer = load_tokenizer(config["upstream"], recipe.model.trust_remote_code)
+    if restored is not None:
+        engine.load(restored)
+        shutil.rmtree(restored, ignore_errors=True)
+        if rank == 0:
+            print(f"[{stage}] resumed from step {state['step']}", flush=True)
+
+    def export(folder: Path) -> None:
+        spec.export(engine.module, full_state, folder)
+        tokenizer.save_pretrained(folder)
+
+    window, metrics = _Window(), (state["history"][-1] if state["history"] else {})
+    engine.engine.train()
+    while state["step"] < settings.max_steps:
+        batch = next(batches)
+        if spec.pairs:
+            tensors, tokens = collate_pairs(batch, device, tokenizer.pad_token_id)
+        else:
+            tensors, tokens = collate_packed(batch, device)
+        loss, step_metrics = spec.loss(engine.forward, tensors, recipe, stage)
+        stepped = engine.backward_and_step(loss)
+        window.add(step_metrics, tokens)
+        state["consumed"] += 1
+        if not stepped:
+            continue
+        state["step"] += 1
+        _status(rank, state["step"])
+        step, last = state["step"], state["step"] >= settings.max_steps
+        if step % settings.log_every == 0 or last:
+            metrics = {f"{stage}/{k}": v for k, v in window.reduce().items()}
+            metrics.update({f"{stage}/lr": engine.lr, "step": step})
+            state["history"].append(metrics)
+            window = _Window()
+            if rank == 0:
+                print(f"[{stage}] step {step}/{settings.max_steps}  loss {metrics[f'{stage}/loss']:.4f}  "
+                      f"lr {engine.lr:.2e}  tok/s {metrics[f'{stage}/tokens_per_s']:,.0f}", flush=True)
+        if (step % settings.checkpoint_every == 0) and not last:
+            _checkpoint(engine, state, metrics, rank)
+        elif step % settings.log_every == 0:
+            ray.train.report(metrics)
+
+    full_state = engine.full_state_dict()
+    _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, export=export)

@@ -1,0 +1,62 @@
+"""Reference log-probabilities for dfpo, computed once by a Ray Data batch pass over the frozen SFT model.
+
+Why a batch pass rather than a frozen copy in every train worker: the copy would double each
+worker's model memory (decisive for a 7B model under ZeRO-3) and recompute the same numbers on
+every epoch and every restart. The pass runs once, its result is written to Parquet next to the
+stage, and a resumed or repeated dfpo run reads it back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ReferenceScorer:
+    """Ray Data callable: adds `ref_chosen_logps` and `ref_rejected_logps` to preference batches."""
+
+    def __init__(self, model_dir: str, trust_remote_code: bool = False) -> None:
+        from pedray.model.build import load_model, load_tokenizer
+
+        self.model = load_model(model_dir, trust_remote_code=trust_remote_code).eval()
+        self.pad_id = load_tokenizer(model_dir, trust_remote_code).pad_token_id
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pedray.losses import sequence_logps
+        from pedray.train.stages import collate_pairs
+
+        size = len(batch["chosen_input_ids"])
+        placeholder = np.zeros(size, dtype=np.float32)
+        tensors, _ = collate_pairs(dict(batch, ref_chosen_logps=placeholder, ref_rejected_logps=placeholder),
+                                   torch.device("cpu"), self.pad_id)
+        logits = self.model(input_ids=tensors["input_ids"], use_cache=False).logits
+        logps, _ = sequence_logps(logits, tensors["labels"])
+        out = dict(batch)
+        out["ref_chosen_logps"] = logps[:size].numpy().astype(np.float32)
+        out["ref_rejected_logps"] = logps[size:].numpy().astype(np.float32)
+        return out
+
+
+def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size: int = 16,
+                    trust_remote_code: bool = False) -> Path:
+    """Write the preference dataset with reference log-probs to `out` (Parquet) once; reuse it after."""
+    out = Path(out)
+    marker = out / "_complete"
+    if marker.is_file():
+        return out
+    scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy", concurrency=1,
+                                 num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
+                                                                     "trust_remote_code": trust_remote_code})
+    scored.write_parquet(str(out))
+    marker.write_text("ok")
+    return out
+
+
+def read_scored(folder: str | Path):
+    """The scored preference pairs, streamed back from Parquet."""
+    import ray.data
+
+    return ray.data.read_parquet(str(folder))

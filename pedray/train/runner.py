@@ -1,0 +1,147 @@
+"""Runs one stage as a Ray Train job and turns its result into a stage folder: model, manifest, curves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pedray.config.loader import to_dict
+from pedray.config.schema import Recipe
+from pedray.train.loop import EXPORT_DIR, STATE_FILE, train_loop
+from pedray.train.stages import STAGE_SPECS
+
+MANIFEST = "manifest.json"
+RUN_KEYS = ("data", "model", "lora", "optim", "scaling", "stages")
+
+
+def stage_fingerprint(recipe: Recipe, stage: str, upstream: str) -> str:
+    """Identity of a stage run: the settings that shape its result, and where it starts from."""
+    settings = {k: v for k, v in to_dict(recipe).items() if k in RUN_KEYS}
+    settings["stages"] = settings["stages"][stage]
+    blob = json.dumps({"stage": stage, "settings": settings, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(folders: list[Path]) -> str:
+    """SHA-256 over the corpus files a stage reads (names and bytes)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for file in sorted(Path(folder).glob("*.jsonl")):
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def code_version() -> str:
+    import pedray
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"pedray {pedray.__version__}" + (f" ({commit})" if commit else "")
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
+    staging.replace(path)
+
+
+def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path | None:
+    """Loss (and, for dfpo, reward accuracy and margin) against step, as a PNG."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    extras = [k for k in (f"{stage}/reward_accuracy", f"{stage}/reward_margin", f"{stage}/balance_loss")
+              if k in history[0]]
+    figure, axes = plt.subplots(1, 1 + len(extras), figsize=(5 * (1 + len(extras)), 3.5), squeeze=False)
+    for axis, key in zip(axes[0], [f"{stage}/loss", *extras]):
+        axis.plot(steps, [h[key] for h in history], marker="o", markersize=3)
+        axis.set_xlabel("step")
+        axis.set_title(key)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def _trainer(recipe: Recipe, stage: str, upstream: Path, dataset, storage: Path, run_name: str):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    scaling = recipe.scaling
+    workers = ray.train.ScalingConfig(
+        num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+        resources_per_worker=None if scaling.num_workers == 0 else {"CPU": scaling.cpus_per_worker,
+                                                                    **({"GPU": 1} if scaling.use_gpu else {})})
+    run = ray.train.RunConfig(
+        name=run_name, storage_path=str(storage),
+        failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream)}
+    return TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
+                        datasets={"train": dataset})
+
+
+def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstream_info: dict[str, Any]) -> dict:
+    """Train `stage` from the `upstream` model folder; returns the manifest written to `stage_dir`."""
+    from pedray.train.reference import read_scored, score_reference
+    from pedray.workspace import corpus_dirs, stage_dataset
+
+    spec = STAGE_SPECS[stage]
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
+    started = time.time()
+    dataset = stage_dataset(recipe, spec.data, upstream)
+    if spec.needs_reference:
+        scored = score_reference(dataset, upstream, stage_dir / "reference",
+                                 trust_remote_code=recipe.model.trust_remote_code)
+        dataset = read_scored(scored)
+    storage = (Path(recipe.output_dir) / "ray").resolve()
+    result = _trainer(recipe, stage, upstream, dataset, storage, f"{stage}-{fingerprint}").fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under {storage}")
+    model_dir = stage_dir / "model"
+    with result.checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(Path(folder) / EXPORT_DIR, model_dir)
+    history = state["history"]
+    _write_json(stage_dir / "history.json", history)
+    plot = plot_history(history, stage, stage_dir / "loss.png")
+    final = {k: v for k, v in (history[-1] if history else {}).items()}
+    first = history[0] if history else {}
+    manifest = {
+        "stage": stage, "status": "complete", "fingerprint": fingerprint,
+        "upstream": upstream_info, "code_version": code_version(),
+        "data_fingerprint": data_fingerprint(corpus_dirs(recipe)),
+        "config": to_dict(recipe), "metrics": final,
+        "first_loss": first.get(f"{stage}/loss"), "final_loss": final.get(f"{stage}/loss"),
+        "steps": state["step"], "resumed_from_step": state.get("resumed_from"),
+        "paths": {"model": str(model_dir.resolve()), "history": str((stage_dir / "history.json").resolve()),
+                  "loss_plot": str(plot.resolve()) if plot else None, "checkpoint": result.checkpoint.path,
+                  "base_model": str(upstream) if stage == "mouse" else None},
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    _write_json(stage_dir / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,109 @@
+"""Stage specs: what differs between cpt, sft, dfpo and mouse (batch layout, loss, trainable weights, export).
+
+The training loop (`pedray.train.loop`) is the same for every stage; this registry is the only
+place that branches on a stage name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pedray.config.schema import Recipe
+from pedray.data.columns import IGNORE_INDEX
+from pedray.losses import causal_lm_loss, dfpo_loss, sequence_logps
+
+Batch = dict[str, torch.Tensor]
+
+
+def collate_packed(batch: dict[str, np.ndarray], device: torch.device) -> tuple[Batch, int]:
+    """Packed rows -> tensors; also the number of real tokens."""
+    tensors = {k: torch.as_tensor(batch[k], dtype=torch.long, device=device)
+               for k in ("input_ids", "labels", "position_ids")}
+    return tensors, int(batch["tokens"].sum())
+
+
+def _pad(rows, value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return torch.from_numpy(out)
+
+
+def collate_pairs(batch: dict[str, np.ndarray], device: torch.device, pad_id: int) -> tuple[Batch, int]:
+    """Preference pairs -> chosen rows then rejected rows, right-padded to one width (one forward pass).
+
+    Right padding needs no attention mask in a causal model: real tokens never see the pads after them.
+    """
+    ids = list(batch["chosen_input_ids"]) + list(batch["rejected_input_ids"])
+    labels = list(batch["chosen_labels"]) + list(batch["rejected_labels"])
+    tensors = {"input_ids": _pad(ids, pad_id).to(device), "labels": _pad(labels, IGNORE_INDEX).to(device),
+               "ref_chosen_logps": torch.as_tensor(batch["ref_chosen_logps"], dtype=torch.float32, device=device),
+               "ref_rejected_logps": torch.as_tensor(batch["ref_rejected_logps"], dtype=torch.float32, device=device)}
+    return tensors, sum(len(r) for r in ids)
+
+
+def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
+    """Causal LM loss over labelled tokens (cpt: every token; sft/mouse: answers only)."""
+    logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    return causal_lm_loss(logits, batch["labels"])
+
+
+def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
+    """DFPO on one forward pass over [chosen; rejected] against precomputed reference log-probs."""
+    logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
+    logps, lengths = sequence_logps(logits, batch["labels"])
+    half = logps.shape[0] // 2
+    settings = recipe.stage(stage)
+    return dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
+                     lengths[:half], beta=settings.beta, mu=settings.mu)
+
+
+def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """Full-parameter training: every weight learns."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def with_adapters(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """Parameter-efficient training: freeze the base, attach the expert adapters."""
+    from pedray.model.adapters import attach_adapters
+
+    return attach_adapters(model, recipe.lora)
+
+
+def export_full(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+
+
+def export_adapters(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
+    from pedray.model.adapters import save_adapters
+
+    save_adapters(model, state, out)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How one stage differs: its data, its model preparation, its loss, its export."""
+
+    name: str
+    data: str                     # which pipeline: "cpt" | "sft" | "dfpo" (see pedray.workspace.stage_dataset)
+    prepare: Callable[[torch.nn.Module, Recipe], torch.nn.Module]
+    loss: Callable[[Callable, Batch, Recipe, str], tuple[torch.Tensor, dict[str, Any]]]
+    pairs: bool                   # batches are preference pairs (collate_pairs) rather than packed rows
+    export: Callable[[torch.nn.Module, dict[str, torch.Tensor], Path], None]
+    needs_reference: bool = False  # reference log-probs from the upstream model are added to the data
+
+
+STAGE_SPECS: dict[str, StageSpec] = {
+    "cpt": StageSpec("cpt", "cpt", full_model, lm_loss, False, export_full),
+    "sft": StageSpec("sft", "sft", full_model, lm_loss, False, export_full),
+    "dfpo": StageSpec("dfpo", "dfpo", full_model, preference_loss, True, export_full, needs_reference=True),
+    "mouse": StageSpec("mouse", "sft", with_adapters, lm_loss, False, export_adapters),
+}

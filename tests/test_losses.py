@@ -1,0 +1,157 @@
+"""Losses: golden values, equivalence with TRL's sigmoid DPO, and DFPO's effect on a tiny model."""
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pedray.losses import causal_lm_loss, dfpo_loss, load_balance_loss, sequence_logps, token_logps
+
+
+def test_causal_lm_loss_golden_uniform_logits():
+    """Uniform logits over V=5 tokens: every labelled token costs log 5 = 1.6094."""
+    logits = torch.zeros(1, 4, 5)
+    labels = torch.tensor([[-100, 1, 2, -100]])  # two labelled next tokens (positions 1 and 2)
+    loss, metrics = causal_lm_loss(logits, labels)
+    assert loss.item() == pytest.approx(math.log(5))
+    assert metrics["tokens"].item() == 2
+
+
+def test_token_logps_match_cross_entropy():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
+    labels[0, :3] = -100
+    logps, mask = token_logps(logits, labels)
+    reference = -F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="none",
+                                 ignore_index=-100).view(2, 5)
+    torch.testing.assert_close(logps, reference * mask)
+    total, count = sequence_logps(logits, labels)
+    assert count.tolist() == [3, 5]
+
+
+def test_dfpo_golden_values():
+    """beta=0.5, chosen ratio 1 - 0 = 1, rejected ratio -1 - 0 = -1: preference = -log sigmoid(0.5 * 2)
+    = 0.31326; following = -(-4) / 2 = 2; with mu = 0.5 the loss is 0.31326 + 1 = 1.31326."""
+    loss, metrics = dfpo_loss(torch.tensor([-4.0]), torch.tensor([-6.0]), torch.tensor([-5.0]), torch.tensor([-5.0]),
+                              torch.tensor([2]), beta=0.5, mu=0.5)
+    assert loss.item() == pytest.approx(0.313262 + 1.0, abs=1e-5)
+    assert metrics["reward_accuracy"].item() == 1.0
+    assert metrics["reward_margin"].item() == pytest.approx(1.0)
+    assert metrics["following_nll"].item() == pytest.approx(2.0)
+
+
+def _trl_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, loss_types, loss_weights):
+    """TRL 1.16's own DPOTrainer._compute_loss, run on given per-token log-probs.
+
+    TRL keeps its losses inside the trainer method; a stand-in `self` and model output carry exactly
+    the attributes that method reads, so the arithmetic under test is TRL's, line for line.
+    """
+    from trl import DPOTrainer
+
+    batch, width = completion_mask.shape
+
+    class Model(torch.nn.Module):
+        def forward(self, **kwargs):
+            zeros = torch.zeros(batch, width - 1)
+            return SimpleNamespace(log_probs=per_token_logps, entropy=zeros, mean_logits=zeros,
+                                   is_top1=torch.zeros(batch, width - 1, dtype=torch.bool))
+
+    identity = SimpleNamespace(device="cpu", gather=lambda t: t, gather_for_metrics=lambda t: t)
+    trainer = SimpleNamespace(
+        model=Model(), accelerator=identity, aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+        f_divergence_type="reverse_kl", loss_types=loss_types, loss_weights=loss_weights, beta=beta,
+        use_weighting=False, label_smoothing=0.0, _metrics={"train": defaultdict(list)}, _total_train_tokens=0,
+        _tp_size=1)
+    inputs = {"input_ids": torch.zeros(batch, width, dtype=torch.long), "attention_mask": torch.ones(batch, width),
+              "completion_mask": completion_mask, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    return DPOTrainer._compute_loss(trainer, trainer.model, inputs, return_outputs=False)
+
+
+def _pairs(lengths):
+    torch.manual_seed(1)
+    pairs, width = len(lengths) // 2, max(lengths) + 1
+    mask = torch.zeros(2 * pairs, width)
+    for row, length in enumerate(lengths):
+        mask[row, 1:length + 1] = 1
+    per_token = -torch.rand(2 * pairs, width - 1) * 3 * mask[:, 1:]
+    ref = -torch.rand(2 * pairs) * 10
+    return per_token, mask, ref[:pairs], ref[pairs:]
+
+
+def test_dfpo_with_mu_zero_equals_trl_sigmoid_dpo():
+    per_token, mask, ref_chosen, ref_rejected = _pairs([3, 5, 2, 4, 6, 1])
+    logps, lengths = per_token.sum(1), mask[:, 1:].sum(1)
+    ours, _ = dfpo_loss(logps[:3], logps[3:], ref_chosen, ref_rejected, lengths[:3], beta=0.2, mu=0.0)
+    trl = _trl_loss(per_token, mask, ref_chosen, ref_rejected, 0.2, ["sigmoid"], [1.0])
+    torch.testing.assert_close(ours, trl)
+
+
+def test_dfpo_equals_trl_sigmoid_plus_sft_when_chosen_lengths_agree():
+    """TRL's `sft` term averages over all chosen tokens of the batch; ours averages per answer first
+    (the paper's length normalisation). With equal chosen lengths the two coincide."""
+    per_token, mask, ref_chosen, ref_rejected = _pairs([4, 4, 4, 2, 5, 3])
+    logps, lengths = per_token.sum(1), mask[:, 1:].sum(1)
+    ours, _ = dfpo_loss(logps[:3], logps[3:], ref_chosen, ref_rejected, lengths[:3], beta=0.1, mu=0.7)
+    trl = _trl_loss(per_token, mask, ref_chosen, ref_rejected, 0.1, ["sigmoid", "sft"], [1.0, 0.7])
+    torch.testing.assert_close(ours, trl)
+
+
+def test_load_balance_loss_is_one_when_uniform_and_larger_when_skewed():
+    uniform = torch.full((8, 4), 0.25)
+    uniform_top = torch.eye(4).repeat(2, 1) * 0.01 + 0.2475  # argmax spread over all experts
+    assert load_balance_loss(uniform_top).item() == pytest.approx(1.0, abs=1e-3)
+    skewed = torch.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(8, 1)
+    assert load_balance_loss(skewed).item() == pytest.approx(4 * 0.7)
+    assert load_balance_loss(uniform).item() == pytest.approx(1.0)
+
+
+def test_dfpo_keeps_the_chosen_likelihood_from_falling(tiny_model_dir, tiny_tokenizer):
+    """Plain DPO widens the margin partly by pushing the chosen answer's likelihood down; DFPO's
+    following term holds it. The reference is the tiny model fine-tuned on the chosen answers; each
+    rejected answer shares the first half of its chosen answer (an incomplete, then unsafe reply), so
+    the two compete for the same tokens. Same start, pairs and steps: only mu differs."""
+    from pedray.corpus.generate import preferences
+    from pedray.data.tokenize import encode_preferences
+    from pedray.model.build import load_model
+    from pedray.train.stages import collate_pairs
+
+    records = preferences(0, 8)
+    for record in records:
+        record["rejected"] = record["chosen"][: len(record["chosen"]) // 2] + "不用去医院，先自己买点抗生素吃就行。"
+    columns = encode_preferences(tiny_tokenizer, records, max_len=256, max_prompt_len=96)
+    zeros = torch.zeros(len(records)).numpy()
+    batch, _ = collate_pairs(dict(columns, ref_chosen_logps=zeros, ref_rejected_logps=zeros), torch.device("cpu"),
+                             tiny_tokenizer.pad_token_id)
+    ids, labels = batch["input_ids"], batch["labels"]
+    torch.manual_seed(0)
+    sft = load_model(tiny_model_dir)
+    optimizer = torch.optim.AdamW(sft.parameters(), lr=3e-3)
+    for _ in range(120):
+        loss, _ = causal_lm_loss(sft(input_ids=ids[:8], use_cache=False).logits, labels[:8])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    start = {k: v.clone() for k, v in sft.state_dict().items()}
+    with torch.no_grad():
+        ref_logps, _ = sequence_logps(sft.eval()(input_ids=ids, use_cache=False).logits, labels)
+
+    def train(mu: float) -> float:
+        model = load_model(tiny_model_dir)
+        model.load_state_dict(start)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(20):
+            logps, lengths = sequence_logps(model(input_ids=ids, use_cache=False).logits, labels)
+            loss, _ = dfpo_loss(logps[:8], logps[8:], ref_logps[:8], ref_logps[8:], lengths[:8], beta=0.1, mu=mu)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            logps, lengths = sequence_logps(model(input_ids=ids, use_cache=False).logits, labels)
+        return ((logps[:8] - ref_logps[:8]) / lengths[:8]).mean().item()  # per-token change of log pi(chosen)
+
+    dpo_change, dfpo_change = train(0.0), train(1.0)
+    assert dpo_change < -0.3                 # DPO lets the chosen answer's likelihood fall
+    assert dfpo_change > dpo_change / 4      # DFPO keeps it (measured: -1.2 vs -0.02 nats per token)
