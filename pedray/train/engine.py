@@ -50,17 +50,51 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_process_group(use_gpu: bool) -> None:
-    """Join the process group Ray Train made, or make a one-process group (local mode, tools)."""
+def _forget_stale_groups() -> None:
+    """Drop DeepSpeed's cached process groups before a new one-process group is made.
+
+    DeepSpeed keeps its communication backend and parallel groups in module globals; in local mode
+    stages run one after another in one process and each destroys its group at the end, so the
+    cached objects of the previous stage would point at a destroyed group.
+    """
+    import deepspeed.comm.comm as ds_comm
+    from deepspeed.utils import groups
+
+    ds_comm.cdb = None
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP"):
+        setattr(groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
+        getattr(groups, name).clear()
+
+
+@contextmanager
+def process_group(use_gpu: bool) -> Iterator[None]:
+    """Join the process group Ray Train made, or make a one-process group for the block (local mode).
+
+    A one-process group needs RANK/WORLD_SIZE/MASTER_* (else DeepSpeed looks for MPI); they are
+    removed and the group destroyed afterwards, so the next stage in the same process starts clean.
+    """
     import deepspeed
     import torch.distributed as dist
 
+    added = []
     if not dist.is_initialized():
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
-                           ("MASTER_ADDR", "127.0.0.1")):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        added = [key for key in defaults if key not in os.environ]
+        os.environ.update({key: defaults[key] for key in added})
+        _forget_stale_groups()
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    try:
+        yield
+    finally:
+        if added:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            for key in added:
+                os.environ.pop(key, None)
 
 
 @contextmanager

@@ -85,8 +85,13 @@ def _load_model(config: dict[str, Any], recipe: Recipe, ds_config: dict[str, Any
     return model
 
 
-def _checkpoint(engine, state: dict[str, Any], metrics: dict[str, float], rank: int, export=None) -> None:
-    """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders."""
+def _checkpoint(engine, state: dict[str, Any], metrics: dict[str, float], rank: int, local: bool,
+                export=None) -> None:
+    """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders.
+
+    Ray copies the folder to storage, so it is removed after the report; in local mode (no workers)
+    Ray keeps the folder itself as the checkpoint, so it stays.
+    """
     import ray.train
 
     folder = Path(tempfile.mkdtemp(prefix="pedray-ckpt-"))
@@ -98,7 +103,8 @@ def _checkpoint(engine, state: dict[str, Any], metrics: dict[str, float], rank: 
                 export(folder / EXPORT_DIR)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if not local:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Prefetch:
@@ -137,10 +143,17 @@ def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder)."""
+    from pedray.train.engine import process_group
+
+    with process_group(bool(config["recipe"].get("scaling", {}).get("use_gpu", False))):
+        _train(config)
+
+
+def _train(config: dict[str, Any]) -> None:
     import ray.train
 
     from pedray.model.build import load_tokenizer
-    from pedray.train.engine import Engine, deepspeed_config, ensure_process_group
+    from pedray.train.engine import Engine, deepspeed_config
     from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
 
     recipe: Recipe = build(Recipe, config["recipe"], "<train loop config>")
@@ -148,6 +161,7 @@ def train_loop(config: dict[str, Any]) -> None:
     settings, scaling = recipe.stage(config["stage"]), recipe.scaling
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    local = scaling.num_workers == 0
     torch.set_num_threads(scaling.threads_per_worker or max(1, int(scaling.cpus_per_worker)))
     torch.manual_seed(recipe.data.seed + rank)
     device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
@@ -155,7 +169,6 @@ def train_loop(config: dict[str, Any]) -> None:
     state, restored = _restore(ray.train.get_checkpoint())
     batches = iter(_Prefetch(_batches(ray.train.get_dataset_shard("train"), scaling.micro_batch_size,
                                       skip=state["consumed"])))
-    ensure_process_group(scaling.use_gpu)
     ds_config = deepspeed_config(scaling, recipe.optim, settings, world)
     engine = Engine(spec.prepare(_load_model(config, recipe, ds_config), recipe), ds_config)
     tokenizer = load_tokenizer(config["upstream"], recipe.model.trust_remote_code)
@@ -195,9 +208,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 print(f"[{stage}] step {step}/{settings.max_steps}  loss {metrics[f'{stage}/loss']:.4f}  "
                       f"lr {engine.lr:.2e}  tok/s {metrics[f'{stage}/tokens_per_s']:,.0f}", flush=True)
         if (step % settings.checkpoint_every == 0) and not last:
-            _checkpoint(engine, state, metrics, rank)
+            _checkpoint(engine, state, metrics, rank, local)
         elif step % settings.log_every == 0:
             ray.train.report(metrics)
 
     full_state = engine.full_state_dict()
-    _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, export=export)
+    _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, local, export=export)
