@@ -46,6 +46,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pedray.train.plan import plan
+
+    report = plan(args.config, args.overrides, args.architecture, args.gpus_per_node)
+    estimate = report.pop("deepspeed_estimate")
+    _print(report)
+    print(estimate)
+    return 0
+
+
 def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe (jobs/*.yaml); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=256")
@@ -83,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(data)
     data.set_defaults(func=cmd_data)
 
+    planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
+    planner.add_argument("--architecture", default=None, help="folder with the model's config.json")
+    planner.add_argument("--gpus-per-node", type=int, default=8)
+    _add_recipe(planner)
+    planner.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -161,6 +161,8 @@ class StageConfig:
     """dfpo: weight of the length-normalised NLL of the chosen answer (0 gives plain DPO)."""
     max_failures: int = 2
     """Ray Train FailureConfig: worker failures tolerated before the stage fails."""
+    eval_rows: int = 64
+    """Held-out rows (test split) whose loss is measured before training, at checkpoints and at the end; 0 disables."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "max_steps must be at least 1")
@@ -168,6 +170,7 @@ class StageConfig:
         _check(self.lr is None or self.lr > 0, "lr must be positive")
         _check(self.beta > 0 and self.mu >= 0, "beta must be positive and mu non-negative")
         _check(self.max_failures >= 0, "max_failures must be non-negative")
+        _check(self.eval_rows >= 0, "eval_rows must be non-negative")
 
 
 def _default_stages() -> dict[str, StageConfig]:

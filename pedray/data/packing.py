@@ -42,7 +42,8 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return bins
 
 
-def pack(docs: Sequence[Doc], seq_len: int, pad_id: int, truncate: bool = True) -> dict[str, np.ndarray]:
+def pack(docs: Sequence[Doc], seq_len: int, pad_id: int, truncate: bool = True,
+         seed: int | None = None) -> dict[str, np.ndarray]:
     """Pack documents into rows of `seq_len` tokens.
 
     Each row holds whole documents; `position_ids` restart at 0 for every document, which
@@ -50,12 +51,17 @@ def pack(docs: Sequence[Doc], seq_len: int, pad_id: int, truncate: bool = True) 
     of each document is masked so no token learns to predict across a boundary. The tail of a row
     is padding: pad ids, labels -100, its own position run (a separate, ignored segment).
 
+    First-fit decreasing fills rows longest documents first; with `seed` the rows come out in a
+    seeded random order instead, so consecutive micro-batches are not sorted by document length.
+
     Returns:
         input_ids, labels, position_ids: int32 arrays of shape [rows, seq_len];
         tokens: int32 [rows], the real (non-padding) tokens of each row.
     """
     pieces = split_long(docs, seq_len, truncate)
     bins = first_fit_decreasing([len(ids) for ids, _ in pieces], seq_len)
+    if seed is not None:
+        bins = [bins[i] for i in np.random.default_rng(seed).permutation(len(bins))]
     shape = (len(bins), seq_len)
     input_ids = np.full(shape, pad_id, dtype=np.int32)
     labels = np.full(shape, IGNORE_INDEX, dtype=np.int32)

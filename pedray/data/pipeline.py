@@ -67,22 +67,28 @@ def _rows(batch: pa.Table) -> list[dict[str, Any]]:
     return batch.to_pylist()
 
 
-def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool) -> dict[str, np.ndarray]:
+def _batch_seed(batch: pa.Table, seed: int) -> int:
+    """A seed for one batch, from the run's seed and the batch's first record id (same on every run)."""
+    first = batch.column("id")[0].as_py() if batch.num_rows else ""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{first}".encode()).digest()[:8], "big")
+
+
+def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool, seed: int) -> dict[str, np.ndarray]:
     if cfg.pack:
-        return packing.pack(docs, cfg.seq_len, pad_id, truncate=truncate)
+        return packing.pack(docs, cfg.seq_len, pad_id, truncate=truncate, seed=seed)
     return packing.pad_rows(docs, cfg.seq_len, pad_id)
 
 
 def _sft_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
     tokenizer = _tokenizer(tokenizer_path)
     docs = tok.encode_conversations(tokenizer, _rows(batch), cfg.seq_len)
-    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True)
+    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True, seed=_batch_seed(batch, cfg.seed))
 
 
 def _cpt_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
     tokenizer = _tokenizer(tokenizer_path)
     docs = tok.encode_texts(tokenizer, [tok.record_text(r) for r in _rows(batch)])
-    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=False)
+    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=False, seed=_batch_seed(batch, cfg.seed))
 
 
 def _pref_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> pa.Table:

@@ -44,9 +44,13 @@ def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict
 
 
 def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table: each stage's loss at its first and last logged step, steps, time."""
-    lines = ["| stage | first loss | final loss | steps | seconds | model |", "|---|---|---|---|---|---|"]
+    """A Markdown table: each stage's held-out loss before and after it, last training loss, steps, time."""
+    lines = ["| stage | held-out loss before | held-out loss after | training loss (last) | steps | seconds |",
+             "|---|---|---|---|---|---|"]
     for stage, manifest in manifests.items():
-        lines.append(f"| {stage} | {manifest['first_loss']:.4f} | {manifest['final_loss']:.4f} | {manifest['steps']} "
-                     f"| {manifest['elapsed_s']} | {manifest['paths']['model']} |")
+        held_out = manifest.get("held_out_loss") or []
+        before = f"{held_out[0]['loss']:.4f}" if held_out else "-"
+        after = f"{held_out[-1]['loss']:.4f}" if held_out else "-"
+        lines.append(f"| {stage} | {before} | {after} | {manifest['final_loss']:.4f} | {manifest['steps']} "
+                     f"| {manifest['elapsed_s']} |")
     return "\n".join(lines)

@@ -166,3 +166,21 @@ class Engine:
             state = self.engine.module.state_dict()
         rank = dist.get_rank() if dist.is_initialized() else 0
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()} if rank == 0 and state else None
+
+
+def memory_estimate(total_params: int, largest_layer_params: int, zero_stage: int, gpus_per_node: int,
+                    nodes: int) -> str:
+    """DeepSpeed's own estimate of model-state memory per GPU and per node (its printed table)."""
+    import contextlib
+    import io
+
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        if zero_stage == 3:
+            estimate_zero3_model_states_mem_needs_all_cold(total_params, largest_layer_params, gpus_per_node, nodes)
+        else:
+            estimate_zero2_model_states_mem_needs_all_cold(total_params, gpus_per_node, nodes)
+    return buffer.getvalue()

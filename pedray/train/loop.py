@@ -64,9 +64,8 @@ class _Window:
         return out
 
 
-def _status(rank: int, step: int) -> None:
-    """Heartbeat for operators and fault-injection tests: PEDRAY_STATUS_DIR/rank<r>.json."""
-    folder = os.environ.get("PEDRAY_STATUS_DIR")
+def _status(folder: str | None, rank: int, step: int) -> None:
+    """Heartbeat for operators and fault-injection tests: <status_dir>/rank<r>.json (pid and step)."""
     if folder:
         path = Path(folder) / f"rank{rank}.json"
         path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step}))
@@ -131,6 +130,22 @@ class _Prefetch:
         yield from self.batches
 
 
+def _evaluate(engine, shard, spec, recipe: Recipe, stage: str, collate) -> float:
+    """Mean loss over this worker's share of the held-out rows, averaged over every rank."""
+    import torch.distributed as dist
+
+    engine.engine.eval()
+    totals = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in shard.iter_batches(batch_size=recipe.scaling.micro_batch_size, batch_format="numpy"):
+            loss, _ = spec.loss(engine.forward, collate(batch), recipe, stage)
+            totals += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+    engine.engine.train()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(totals)
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
 def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
     """Training state and a local copy of the latest checkpoint (None when starting fresh)."""
     if checkpoint is None:
@@ -142,7 +157,7 @@ def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder)."""
+    """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder), status_dir."""
     from pedray.train.engine import process_group
 
     with process_group(bool(config["recipe"].get("scaling", {}).get("use_gpu", False))):
@@ -182,14 +197,29 @@ def _train(config: dict[str, Any]) -> None:
         spec.export(engine.module, full_state, folder)
         tokenizer.save_pretrained(folder)
 
+    def collate(batch):
+        if spec.pairs:
+            return collate_pairs(batch, device, tokenizer.pad_token_id)
+        return collate_packed(batch, device)
+
+    held_out = ray.train.get_dataset_shard("eval") if config.get("eval") else None
+
+    def evaluate(metrics: dict[str, Any]) -> dict[str, Any]:
+        if held_out is not None:
+            metrics = dict(metrics, **{f"{stage}/eval_loss": _evaluate(engine, held_out, spec, recipe, stage,
+                                                                      lambda b: collate(b)[0])})
+            state["eval"].append({"step": state["step"], "loss": metrics[f"{stage}/eval_loss"]})
+            if rank == 0:
+                print(f"[{stage}] step {state['step']}  held-out loss {metrics[f'{stage}/eval_loss']:.4f}", flush=True)
+        return metrics
+
+    state.setdefault("eval", [])
+    if state["step"] == 0 and not state["eval"]:
+        evaluate({})
     window, metrics = _Window(), (state["history"][-1] if state["history"] else {})
     engine.engine.train()
     while state["step"] < settings.max_steps:
-        batch = next(batches)
-        if spec.pairs:
-            tensors, tokens = collate_pairs(batch, device, tokenizer.pad_token_id)
-        else:
-            tensors, tokens = collate_packed(batch, device)
+        tensors, tokens = collate(next(batches))
         loss, step_metrics = spec.loss(engine.forward, tensors, recipe, stage)
         stepped = engine.backward_and_step(loss)
         window.add(step_metrics, tokens)
@@ -197,7 +227,7 @@ def _train(config: dict[str, Any]) -> None:
         if not stepped:
             continue
         state["step"] += 1
-        _status(rank, state["step"])
+        _status(config.get("status_dir"), rank, state["step"])
         step, last = state["step"], state["step"] >= settings.max_steps
         if step % settings.log_every == 0 or last:
             metrics = {f"{stage}/{k}": v for k, v in window.reduce().items()}
@@ -208,9 +238,12 @@ def _train(config: dict[str, Any]) -> None:
                 print(f"[{stage}] step {step}/{settings.max_steps}  loss {metrics[f'{stage}/loss']:.4f}  "
                       f"lr {engine.lr:.2e}  tok/s {metrics[f'{stage}/tokens_per_s']:,.0f}", flush=True)
         if (step % settings.checkpoint_every == 0) and not last:
+            metrics = evaluate(metrics)
             _checkpoint(engine, state, metrics, rank, local)
         elif step % settings.log_every == 0:
             ray.train.report(metrics)
 
+    if state["step"] >= settings.max_steps and not state.get("done"):
+        metrics = evaluate(metrics)
     full_state = engine.full_state_dict()
     _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, local, export=export)

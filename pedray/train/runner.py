@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -85,7 +86,7 @@ def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path |
     return out
 
 
-def _trainer(recipe: Recipe, stage: str, upstream: Path, dataset, storage: Path, run_name: str):
+def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage: Path, run_name: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -98,27 +99,46 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, dataset, storage: Path,
         name=run_name, storage_path=str(storage),
         failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
-    config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream)}
+    # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
+    config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream),
+              "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
     return TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
-                        datasets={"train": dataset})
+                        datasets=datasets)
+
+
+def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) -> dict:
+    """The stage's training stream and, when the corpus has a test split, its held-out rows."""
+    from pedray.train.reference import read_scored, score_reference
+    from pedray.workspace import stage_dataset
+
+    spec, settings = STAGE_SPECS[stage], recipe.stage(stage)
+    datasets = {}
+    for name, split in (("train", "train"), ("eval", "test")):
+        if name == "eval" and settings.eval_rows == 0:
+            continue
+        try:
+            dataset = stage_dataset(recipe, spec.data, upstream, split=split)
+        except FileNotFoundError:
+            if name == "train":
+                raise
+            continue  # no held-out split in this corpus
+        if spec.needs_reference:
+            dataset = read_scored(score_reference(dataset, upstream, stage_dir / f"reference-{split}",
+                                                  trust_remote_code=recipe.model.trust_remote_code))
+        datasets[name] = dataset if name == "train" else dataset.limit(settings.eval_rows)
+    return datasets
 
 
 def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstream_info: dict[str, Any]) -> dict:
     """Train `stage` from the `upstream` model folder; returns the manifest written to `stage_dir`."""
-    from pedray.train.reference import read_scored, score_reference
-    from pedray.workspace import corpus_dirs, stage_dataset
+    from pedray.workspace import corpus_dirs
 
-    spec = STAGE_SPECS[stage]
     stage_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
     started = time.time()
-    dataset = stage_dataset(recipe, spec.data, upstream)
-    if spec.needs_reference:
-        scored = score_reference(dataset, upstream, stage_dir / "reference",
-                                 trust_remote_code=recipe.model.trust_remote_code)
-        dataset = read_scored(scored)
+    datasets = stage_datasets(recipe, stage, upstream, stage_dir)
     storage = (Path(recipe.output_dir) / "ray").resolve()
-    result = _trainer(recipe, stage, upstream, dataset, storage, f"{stage}-{fingerprint}").fit()
+    result = _trainer(recipe, stage, upstream, datasets, storage, f"{stage}-{fingerprint}").fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under {storage}")
     model_dir = stage_dir / "model"
@@ -138,6 +158,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstr
         "config": to_dict(recipe), "metrics": final,
         "first_loss": first.get(f"{stage}/loss"), "final_loss": final.get(f"{stage}/loss"),
         "steps": state["step"], "resumed_from_step": state.get("resumed_from"),
+        "held_out_loss": state.get("eval", []),
         "paths": {"model": str(model_dir.resolve()), "history": str((stage_dir / "history.json").resolve()),
                   "loss_plot": str(plot.resolve()) if plot else None, "checkpoint": result.checkpoint.path,
                   "base_model": str(upstream) if stage == "mouse" else None},

@@ -1,0 +1,188 @@
+"""SFT training throughput: pedray's sft stage (Ray Train + DeepSpeed, packing) side by side with a
+Hugging Face `Trainer` (padding per batch, as most fine-tuning tools default) and with our own loop in
+one process without Ray, on the same model, data and sequence length.
+
+Counted the same way for every row: non-padding tokens per second at steady state (the first
+window / steps are warm-up and left out). Model FLOPs utilisation is against a bf16 (or fp32)
+matmul ceiling measured in the same run with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+
+def matmul_ceiling(dtype: torch.dtype, threads: int, size: int = 2048, repeats: int = 8) -> float:
+    """GFLOP/s of a square matmul with `threads` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_token(model_dir: Path, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x non-embedding parameters + attention (12 x layers x width x context)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    kv = d * config.num_key_value_heads // config.num_attention_heads
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * ff
+    head = d * config.vocab_size
+    return 6 * (layers * per_layer + head) + 12 * layers * d * seq_len
+
+
+def records(corpus: Path, count: int) -> list[dict]:
+    with open(corpus / "sft_train.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line) for line, _ in zip(handle, range(count))]
+
+
+def plain_loop(model_dir: Path, rows: dict, micro_batch: int, steps: int, precision: str, threads: int) -> dict:
+    """Our loss and packed rows, AdamW, one process, no Ray, no DeepSpeed."""
+    from pedray.losses import causal_lm_loss
+    from pedray.model.build import load_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times, tokens = [], []
+    for step in range(steps):
+        lo = (step * micro_batch) % (len(rows["input_ids"]) - micro_batch)
+        batch = {k: torch.as_tensor(rows[k][lo:lo + micro_batch], dtype=torch.long)
+                 for k in ("input_ids", "labels", "position_ids")}
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        loss, _ = causal_lm_loss(logits, batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        tokens.append(int(rows["tokens"][lo:lo + micro_batch].sum()))
+    warm = max(1, steps // 4)
+    return {"tokens_per_s": sum(tokens[warm:]) / sum(times[warm:]), "steps": steps}
+
+
+def hf_trainer(model_dir: Path, docs, batch: int, steps: int, precision: str, threads: int) -> dict:
+    """transformers.Trainer with per-batch padding; non-padding tokens counted by the collator."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from pedray.model.build import load_model, load_tokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = load_tokenizer(model_dir)
+    data = Dataset.from_dict({"input_ids": [d[0].tolist() for d in docs], "labels": [d[1].tolist() for d in docs]})
+    base = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    counted: list[int] = []
+
+    def collate(features):
+        counted.append(sum(len(f["input_ids"]) for f in features))
+        return base(features)
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
+                             learning_rate=1e-4, bf16=precision == "bf16", use_cpu=True, report_to=[],
+                             logging_steps=10**6, save_strategy="no", dataloader_num_workers=0,
+                             disable_tqdm=True, max_grad_norm=1.0, remove_unused_columns=False)
+    trainer = Trainer(model=load_model(model_dir), args=args, train_dataset=data, data_collator=collate,
+                      callbacks=[Clock()])
+    trainer.train()
+    warm = max(1, steps // 4)
+    # The collator runs one batch ahead of the step it feeds; tokens of steps warm..end are counted[warm:steps].
+    return {"tokens_per_s": sum(counted[warm + 1:steps]) / (stamps[-1] - stamps[warm]), "steps": steps}
+
+
+def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: str, workers: int) -> dict:
+    """The real sft stage: Ray Data pipeline, Ray Train workers, DeepSpeed; steady-state windows only."""
+    from pedray.config import load_recipe
+    from pedray.train.runner import run_stage
+
+    recipe = load_recipe(None, [
+        f"output_dir={out}", f"data.corpus_dir={corpus}", f"model.path={model_dir}", "data.seq_len=512",
+        f"scaling.num_workers={workers}", "scaling.cpus_per_worker=0.5", f"scaling.precision={precision}",
+        "scaling.zero_stage=1", "scaling.micro_batch_size=4", f"stages.sft.max_steps={steps}",
+        "stages.sft.log_every=2", f"stages.sft.checkpoint_every={steps * 10}", "stages.sft.eval_rows=0"])
+    manifest = run_stage(recipe, "sft", model_dir, out / "sft", {"stage": "base", "fingerprint": "bench"})
+    history = json.loads(Path(manifest["paths"]["history"]).read_text())
+    # the first window holds warm-up, the last one the final export: both left out
+    steady = [h["sft/tokens_per_s"] for h in history[1:-1]] or [h["sft/tokens_per_s"] for h in history]
+    return {"tokens_per_s": statistics.mean(steady), "steps": steps, "windows": len(steady)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps (under two minutes after set-up)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    args = parser.parse_args()
+    steps = 14 if args.quick else 40
+    threads = 2
+
+    import ray
+
+    from pedray.corpus.generate import write_corpus
+    from pedray.data.packing import pack
+    from pedray.data.tokenize import encode_conversations
+    from pedray.model.build import default_model_dir, load_tokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="pedray-bench-train-"))
+    corpus = work / "corpus"
+    write_corpus(corpus, seed=0, count=3000, holdout=0.0)
+    model_dir = default_model_dir(args.size)
+    tokenizer = load_tokenizer(model_dir)
+    docs = encode_conversations(tokenizer, records(corpus, 1200), 512)
+    rows = pack(docs, 512, tokenizer.pad_token_id, seed=0)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    ceiling = matmul_ceiling(dtype, threads)
+    per_token = flops_per_token(model_dir, 512)
+
+    results = {"model": args.size, "precision": args.precision, "seq_len": 512, "threads": threads,
+               "matmul_ceiling_gflops": round(ceiling, 1), "flops_per_token": per_token}
+    results["plain_loop_1proc"] = plain_loop(model_dir, rows, 8, steps, args.precision, threads)
+    results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    results["pedray_sft_ray_deepspeed"] = ray_stage(model_dir, corpus, work / "run", steps, args.precision, 2)
+    ray.shutdown()
+    for name in ("plain_loop_1proc", "hf_trainer_padding", "pedray_sft_ray_deepspeed"):
+        row = results[name]
+        row["tokens_per_s"] = round(row["tokens_per_s"], 1)
+        row["mfu"] = round(row["tokens_per_s"] * per_token / (ceiling * 1e9), 4)
+
+    ours = results["pedray_sft_ray_deepspeed"]["tokens_per_s"]
+    versus_hf = ours / results["hf_trainer_padding"]["tokens_per_s"]
+    overhead = 1 - ours / results["plain_loop_1proc"]["tokens_per_s"]
+    checks = [
+        {"name": "pedray_vs_hf_trainer", "value": round(versus_hf, 3), "target": ">= 1.5", "met": versus_hf >= 1.5},
+        {"name": "ray_deepspeed_overhead_vs_plain_loop", "value": round(overhead, 3), "target": "<= 0.15",
+         "met": overhead <= 0.15},
+    ]
+    print(json.dumps({"bench": "train_throughput", "results": results, "checks": checks}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Stage specs and the DeepSpeed config, without Ray: trainable sets, batch layouts, config golden values."""
+
+import numpy as np
+import torch
+
+from pedray.config import load_recipe
+from pedray.train.engine import deepspeed_config
+from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
+from pedray.vocab import STAGES
+
+
+def test_every_stage_has_a_spec():
+    assert set(STAGE_SPECS) == set(STAGES)
+
+
+def test_deepspeed_config_golden():
+    recipe = load_recipe(None, ["scaling.zero_stage=2", "scaling.micro_batch_size=3", "scaling.grad_accum=4",
+                                "scaling.precision=bf16", "scaling.offload_optimizer=true", "optim.lr=0.01",
+                                "optim.warmup_ratio=0.1", "stages.sft.max_steps=50", "stages.sft.lr=0.002"])
+    config = deepspeed_config(recipe.scaling, recipe.optim, recipe.stage("sft"), world_size=2)
+    assert config["train_batch_size"] == 3 * 4 * 2
+    assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}}
+    assert config["bf16"] == {"enabled": True}
+    assert config["optimizer"]["params"]["lr"] == 0.002  # the stage's lr wins over optim.lr
+    assert config["scheduler"]["params"]["warmup_num_steps"] == 5
+    assert config["scheduler"]["params"]["total_num_steps"] == 50
+
+
+def _step(model, batch, spec, recipe, stage):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    loss, _ = spec.loss(model, batch, recipe, stage)
+    loss.backward()
+    optimizer.step()
+    return {n: not torch.equal(before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def _packed_batch(tokenizer):
+    from pedray.corpus.generate import instructions
+    from pedray.data.packing import pack
+    from pedray.data.tokenize import encode_conversations
+
+    rows = pack(encode_conversations(tokenizer, instructions(0, 8), 256), 256, tokenizer.pad_token_id)
+    return collate_packed(rows, torch.device("cpu"))[0]
+
+
+def test_full_stages_change_every_weight(tiny_model_dir, tiny_tokenizer):
+    from pedray.model.build import load_model
+
+    recipe = load_recipe(None)
+    model = STAGE_SPECS["sft"].prepare(load_model(tiny_model_dir), recipe)
+    changed = _step(model, _packed_batch(tiny_tokenizer), STAGE_SPECS["sft"], recipe, "sft")
+    assert all(changed.values()), [n for n, c in changed.items() if not c]
+
+
+def test_mouse_changes_adapters_and_nothing_else(tiny_model_dir, tiny_tokenizer):
+    from pedray.model.build import load_model
+
+    recipe = load_recipe(None, ["lora.rank=4"])
+    model = STAGE_SPECS["mouse"].prepare(load_model(tiny_model_dir), recipe)
+    batch = _packed_batch(tiny_tokenizer)
+    _step(model, batch, STAGE_SPECS["mouse"], recipe, "mouse")  # B leaves zero on the first step
+    changed = _step(model, batch, STAGE_SPECS["mouse"], recipe, "mouse")
+    adapters = {n for n in changed if "lora_" in n}
+    assert adapters and all(changed[n] for n in adapters)
+    assert not any(changed[n] for n in changed if n not in adapters)
+
+
+def test_pairs_collate_chosen_then_rejected_right_padded():
+    batch = {"chosen_input_ids": np.array([np.array([1, 2, 3]), np.array([4, 5])], dtype=object),
+             "chosen_labels": np.array([np.array([-100, 2, 3]), np.array([-100, 5])], dtype=object),
+             "rejected_input_ids": np.array([np.array([1, 9]), np.array([4, 8, 7, 6])], dtype=object),
+             "rejected_labels": np.array([np.array([-100, 9]), np.array([-100, 8, 7, 6])], dtype=object),
+             "ref_chosen_logps": np.array([-1.0, -2.0]), "ref_rejected_logps": np.array([-3.0, -4.0])}
+    tensors, tokens = collate_pairs(batch, torch.device("cpu"), pad_id=0)
+    assert tensors["input_ids"].tolist() == [[1, 2, 3, 0], [4, 5, 0, 0], [1, 9, 0, 0], [4, 8, 7, 6]]
+    assert tensors["labels"][1].tolist() == [-100, 5, -100, -100]
+    assert tokens == 11

@@ -1,0 +1,128 @@
+"""Training on real Ray Train + DeepSpeed: the four-stage chain, a worker killed mid-stage, a driver killed mid-run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pedray.config import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "jobs" / "tiny.yaml"
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _step_of(status_dir: Path, rank: int):
+    path = status_dir / f"rank{rank}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _registered_checkpoints(run_root: Path, stage: str) -> int:
+    """Checkpoints Ray Train's controller has registered for a stage (its snapshot in storage)."""
+    for snapshot in run_root.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            return 0
+    return 0
+
+
+def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp_path, capsys):
+    """All four stages in one process (num_workers=0): losses fall, artifacts reload, a rerun skips."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pedray.train.chain import train_all
+
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "scaling.num_workers=0"])
+    manifests = train_all(recipe)
+    assert list(manifests) == ["cpt", "sft", "dfpo", "mouse"]
+    for stage, manifest in manifests.items():
+        assert manifest["status"] == "complete" and manifest["steps"] == recipe.stage(stage).max_steps
+        held_out = manifest["held_out_loss"]
+        assert held_out[0]["step"] == 0 and held_out[-1]["step"] == manifest["steps"]
+        assert held_out[-1]["loss"] < held_out[0]["loss"], stage  # every stage improves the held-out loss
+        assert Path(manifest["paths"]["loss_plot"]).is_file()
+        assert manifest["data_fingerprint"] and manifest["code_version"].startswith("pedray")
+    assert manifests["sft"]["upstream"]["stage"] == "cpt" and manifests["mouse"]["upstream"]["stage"] == "dfpo"
+    dfpo = manifests["dfpo"]["metrics"]
+    assert {"dfpo/reward_accuracy", "dfpo/reward_margin", "dfpo/chosen_logps", "dfpo/rejected_logps"} <= set(dfpo)
+    model = AutoModelForCausalLM.from_pretrained(manifests["dfpo"]["paths"]["model"])
+    adapters = Path(manifests["mouse"]["paths"]["model"])
+    assert (adapters / "adapter_model.safetensors").is_file() and (adapters / "adapter_config.json").is_file()
+    PeftModel.from_pretrained(model, adapters)
+
+    capsys.readouterr()
+    again = train_all(recipe)
+    assert capsys.readouterr().out.count("complete already") == 4
+    assert again["mouse"]["fingerprint"] == manifests["mouse"]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path, monkeypatch):
+    """Two DeepSpeed workers (ZeRO-2); rank 1 is SIGKILLed after the step-4 checkpoint. Ray Train
+    replaces the worker group, restores the checkpoint, and the stage reaches its step count."""
+    from pedray.train.chain import train_all
+
+    status = tmp_path / "status"
+    status.mkdir()
+    monkeypatch.setenv("PEDRAY_STATUS_DIR", str(status))
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path / 'out'}", "scaling.num_workers=2", "scaling.zero_stage=2",
+                                "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4"])
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(train_all(recipe, ["sft"])), daemon=True)
+    runner.start()
+    # Ray's controller collects reports every 2 s: kill only once it has registered the checkpoint.
+    _wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 300, "a registered checkpoint")
+    victim = _wait_for(lambda: (s := _step_of(status, 1)) and s["step"] >= 5 and s, 300, "rank 1 to pass step 5")
+    os.kill(victim["pid"], signal.SIGKILL)
+    runner.join(timeout=600)
+    manifest = outcome["sft"]
+    assert manifest["steps"] == 14
+    assert manifest["resumed_from_step"] is not None and 4 <= manifest["resumed_from_step"] < 14
+    assert _step_of(status, 1)["pid"] != victim["pid"]  # a new process finished the stage
+    assert manifest["held_out_loss"][-1]["loss"] < manifest["held_out_loss"][0]["loss"]
+
+
+@pytest.mark.slow
+def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
+    """train_all.py is SIGKILLed (with its whole process group) during sft; the rerun skips cpt and
+    resumes sft from its last checkpoint."""
+    status = tmp_path / "status"
+    status.mkdir()
+    command = [sys.executable, str(REPO / "jobs" / "train_all.py"), "--config", str(TINY), "--output-dir",
+               str(tmp_path / "out"), "--stages", "cpt,sft", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
+               "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4"]
+    env = dict(os.environ, PEDRAY_STATUS_DIR=str(status))
+    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (tmp_path / "out" / "cpt" / "manifest.json").is_file(), 400, "cpt to complete")
+        _wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 400, "an sft checkpoint")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not (tmp_path / "out" / "sft" / "manifest.json").exists()
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[cpt] complete already" in second.stdout
+    manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
+    assert manifest["steps"] == 14 and manifest["resumed_from_step"] >= 4
