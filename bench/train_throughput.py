@@ -116,7 +116,8 @@ def hf_trainer(model_dir: Path, docs, batch: int, steps: int, precision: str, th
     return {"tokens_per_s": sum(counted[warm + 1:steps]) / (stamps[-1] - stamps[warm]), "steps": steps}
 
 
-def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: str, workers: int) -> dict:
+def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: str, workers: int,
+              micro_batch: int, zero_stage: int) -> dict:
     """The real sft stage: Ray Data pipeline, Ray Train workers, DeepSpeed; steady-state windows only."""
     from pedray.config import load_recipe
     from pedray.train.runner import run_stage
@@ -124,8 +125,8 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
     recipe = load_recipe(None, [
         f"output_dir={out}", f"data.corpus_dir={corpus}", f"model.path={model_dir}", "data.seq_len=512",
         f"scaling.num_workers={workers}", "scaling.cpus_per_worker=0.5", f"scaling.precision={precision}",
-        "scaling.zero_stage=1", "scaling.micro_batch_size=4", f"stages.sft.max_steps={steps}",
-        "stages.sft.log_every=2", f"stages.sft.checkpoint_every={steps * 10}", "stages.sft.eval_rows=0"])
+        f"scaling.zero_stage={zero_stage}", f"scaling.micro_batch_size={micro_batch}", f"stages.sft.max_steps={steps}",
+        "stages.sft.log_every=1", f"stages.sft.checkpoint_every={steps * 10}", "stages.sft.eval_rows=0"])
     manifest = run_stage(recipe, "sft", model_dir, out / "sft", {"stage": "base", "fingerprint": "bench"})
     history = json.loads(Path(manifest["paths"]["history"]).read_text())
     # the first window holds warm-up, the last one the final export: both left out
@@ -136,10 +137,13 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps (under two minutes after set-up)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--data", choices=["auto", "pedcorpus"], default="auto",
+                        help="auto: ../shared/data medical_sft_1k when present (real length spread), else PedCorpus")
+    parser.add_argument("--zero-stage", type=int, default=0)
     args = parser.parse_args()
-    steps = 14 if args.quick else 40
+    steps, rows_per_step = (5, 4) if args.quick else (30, 8)
     threads = 2
 
     import ray
@@ -151,22 +155,36 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="pedray-bench-train-"))
     corpus = work / "corpus"
-    write_corpus(corpus, seed=0, count=3000, holdout=0.0)
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "medicalgpt" / "medical_sft_1k.jsonl"
+    if real.is_file() and args.data == "auto":
+        from pedray.ingest.prep import prep
+
+        prep([real], corpus, near_duplicate_threshold=1.0)  # real consultations: lengths vary as in practice
+        data_name = "medical_sft_1k"
+    else:
+        write_corpus(corpus, seed=0, count=3000, holdout=0.0)
+        data_name = "pedcorpus"
     model_dir = default_model_dir(args.size)
     tokenizer = load_tokenizer(model_dir)
-    docs = encode_conversations(tokenizer, records(corpus, 1200), 512)
+    docs = encode_conversations(tokenizer, records(corpus, 1000), 512)
     rows = pack(docs, 512, tokenizer.pad_token_id, seed=0)
+    from pedray.train.engine import fast_bf16
+
+    if args.precision == "auto":
+        args.precision = "bf16" if fast_bf16(False) else "fp32"
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     ceiling = matmul_ceiling(dtype, threads)
     per_token = flops_per_token(model_dir, 512)
 
-    results = {"model": args.size, "precision": args.precision, "seq_len": 512, "threads": threads,
+    results = {"data": data_name, "zero_stage": args.zero_stage, "model": args.size, "precision": args.precision, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "seq_len": 512, "threads": threads,
                "matmul_ceiling_gflops": round(ceiling, 1), "flops_per_token": per_token}
-    results["plain_loop_1proc"] = plain_loop(model_dir, rows, 8, steps, args.precision, threads)
+    results["plain_loop_1proc"] = plain_loop(model_dir, rows, rows_per_step, steps, args.precision, threads)
     results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    results["pedray_sft_ray_deepspeed"] = ray_stage(model_dir, corpus, work / "run", steps, args.precision, 2)
+    results["pedray_sft_ray_deepspeed"] = ray_stage(model_dir, corpus, work / "run", steps, args.precision, 2,
+                                                    rows_per_step // 2, args.zero_stage)
     ray.shutdown()
     for name in ("plain_loop_1proc", "hf_trainer_padding", "pedray_sft_ray_deepspeed"):
         row = results[name]

@@ -125,8 +125,8 @@ class ScalingConfig:
     """ZeRO-2/3: keep optimizer state on the CPU."""
     offload_params: bool = False
     """ZeRO-3: keep parameters on the CPU."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Training precision."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision; auto picks bf16 only where it is fast (a bf16 GPU, a CPU with AMX or AVX512-BF16)."""
     micro_batch_size: int = 4
     """Rows per worker per forward pass."""
     grad_accum: int = 1
