@@ -27,12 +27,9 @@ def main() -> int:
         print(f"train_all: {err}", file=sys.stderr)
         return 2
 
-    from pedray.data.preview import ensure_ray
-    from pedray.train.chain import summary_table, train_all
+    from pedray.train.chain import run
 
-    ensure_ray()
-    manifests = train_all(recipe, args.stages.split(",") if args.stages else None)
-    print(summary_table(manifests), flush=True)
+    run(recipe, args.stages.split(",") if args.stages else None)
     return 0
 
 

@@ -46,6 +46,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pedray.config import load_recipe
+    from pedray.train.chain import run
+
+    run(load_recipe(args.config, args.overrides), args.stages.split(",") if args.stages else None)
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from pedray.train.plan import plan
 
@@ -92,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--rows", type=int, default=1, help="sample rows to decode")
     _add_recipe(data)
     data.set_defaults(func=cmd_data)
+
+    train = verbs.add_parser("train", help="run the recipe's stages on Ray (what jobs/train_all.py does)")
+    train.add_argument("--stages", default=None, help="comma-separated subset, e.g. cpt,sft")
+    _add_recipe(train)
+    train.set_defaults(func=cmd_train)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

@@ -1,6 +1,7 @@
 """Ray Data pipelines on real local Ray: packed sft/cpt rows, hybrid mixing, preference pairs, determinism."""
 
 import numpy as np
+import pytest
 
 from pedray.config import DataConfig
 from pedray.data.columns import IGNORE_INDEX
@@ -38,8 +39,11 @@ def _documents(batches, tokenizer):
                     yield tokenizer.decode(ids[start:end].tolist())
 
 
-def test_cpt_stream_mixes_flattened_instructions_at_the_ratio(ray_local, small_corpus, tiny_model_dir, tiny_tokenizer):
-    batches = _collect(cpt_dataset([small_corpus], str(tiny_model_dir), CFG))
+@pytest.mark.parametrize("shuffle", ["global", "stream"])
+def test_cpt_stream_mixes_flattened_instructions_at_the_ratio(ray_local, small_corpus, tiny_model_dir, tiny_tokenizer,
+                                                              shuffle):
+    cfg = DataConfig(seq_len=512, batch_size=256, max_prompt_len=128, hybrid_ratio=0.5, seed=0, shuffle=shuffle)
+    batches = _collect(cpt_dataset([small_corpus], str(tiny_model_dir), cfg))
     documents = list(_documents(batches, tiny_tokenizer))
     flattened = sum(1 for d in documents if d.startswith("问："))
     texts = len(documents) - flattened
@@ -56,3 +60,25 @@ def test_preference_pairs_are_tokenised(ray_local, small_corpus, tiny_model_dir)
     assert pairs == sum(1 for _ in open(small_corpus / "pref_train.jsonl", encoding="utf-8"))
     chosen, labels = batches[0]["chosen_input_ids"][0], batches[0]["chosen_labels"][0]
     assert len(chosen) == len(labels) and (labels == IGNORE_INDEX).sum() > 0 and (labels != IGNORE_INDEX).sum() > 0
+
+
+def _operators(dataset) -> set[str]:
+    """Names of every operator in a dataset's logical plan."""
+    names, stack = set(), [dataset._logical_plan.dag]
+    while stack:
+        op = stack.pop()
+        names.add(op.name)
+        stack.extend(op.input_dependencies)
+    return names
+
+
+def test_stream_mode_is_deterministic_and_differs_from_file_order(ray_local, small_corpus, tiny_model_dir):
+    """No all-to-all exchange, yet the same seed gives the same rows and the records are reordered."""
+    cfg = DataConfig(seq_len=512, batch_size=64, max_prompt_len=128, seed=0, shuffle="stream")
+    first = _collect(sft_dataset([small_corpus], str(tiny_model_dir), cfg))
+    again = _collect(sft_dataset([small_corpus], str(tiny_model_dir), cfg))
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))
+    assert "RandomShuffle" not in _operators(sft_dataset([small_corpus], str(tiny_model_dir), cfg))
+    assert "RandomShuffle" in _operators(sft_dataset([small_corpus], str(tiny_model_dir), CFG))
+    preference = _collect(pref_dataset([small_corpus], str(tiny_model_dir), cfg))
+    assert sum(len(b["chosen_input_ids"]) for b in preference) > 0

@@ -35,6 +35,10 @@ class DataConfig:
     """Records per Ray Data batch while tokenising and packing."""
     max_prompt_len: int = 384
     """Preference pairs: the prompt is cut from the left to this many tokens."""
+    shuffle: Literal["global", "stream"] = "global"
+    """global: Ray Data's all-to-all random_shuffle (best mixing; the exchange holds the dataset in the
+    object store, spilling to disk). stream: nothing is held whole: files are read in a seeded order and
+    records are shuffled within each batch, so mixing is as fine as the corpus is sharded into files."""
 
     def __post_init__(self) -> None:
         _check(16 <= self.seq_len <= 131072, "seq_len must be between 16 and 131072")

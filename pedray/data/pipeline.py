@@ -47,15 +47,25 @@ def count_records(files: list[str]) -> int:
     return total
 
 
-def read_records(files: list[str], seed: int, shuffle: bool = True):
-    """A Ray Dataset of normalised records, globally shuffled by seed (Ray's streaming shuffle)."""
+def read_records(files: list[str], seed: int, shuffle: str = "global"):
+    """A Ray Dataset of normalised records in a seeded order.
+
+    shuffle="global": Ray Data's all-to-all random_shuffle. "stream": the files are read in a seeded
+    order and nothing is exchanged (records are shuffled within each batch by the map functions).
+    "none": file order as given.
+    """
+    import random
+
     import ray.data
 
     if not files:
         raise FileNotFoundError("no corpus files to read; run `python -m pedray prep` or the corpus generator")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    if shuffle == "stream":
+        files = sorted(files)
+        random.Random(seed).shuffle(files)
     dataset = ray.data.read_json(files, file_extensions=["jsonl"])  # pyarrow reader: arrow blocks
-    return dataset.random_shuffle(seed=seed) if shuffle else dataset
+    return dataset.random_shuffle(seed=seed) if shuffle == "global" else dataset
 
 
 def _keep(record_id: str, seed: int, probability: float) -> bool:
@@ -63,8 +73,13 @@ def _keep(record_id: str, seed: int, probability: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < probability
 
 
-def _rows(batch: pa.Table) -> list[dict[str, Any]]:
-    return batch.to_pylist()
+def _rows(batch: pa.Table, cfg: DataConfig) -> list[dict[str, Any]]:
+    """The batch's records; in stream mode shuffled by the batch's seed (the only mixing it gets)."""
+    rows = batch.to_pylist()
+    if cfg.shuffle == "stream":
+        order = np.random.default_rng(_batch_seed(batch, cfg.seed)).permutation(len(rows))
+        rows = [rows[i] for i in order]
+    return rows
 
 
 def _batch_seed(batch: pa.Table, seed: int) -> int:
@@ -81,25 +96,25 @@ def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool, seed: int) 
 
 def _sft_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
     tokenizer = _tokenizer(tokenizer_path)
-    docs = tok.encode_conversations(tokenizer, _rows(batch), cfg.seq_len)
+    docs = tok.encode_conversations(tokenizer, _rows(batch, cfg), cfg.seq_len)
     return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True, seed=_batch_seed(batch, cfg.seed))
 
 
 def _cpt_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
     tokenizer = _tokenizer(tokenizer_path)
-    docs = tok.encode_texts(tokenizer, [tok.record_text(r) for r in _rows(batch)])
+    docs = tok.encode_texts(tokenizer, [tok.record_text(r) for r in _rows(batch, cfg)])
     return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=False, seed=_batch_seed(batch, cfg.seed))
 
 
 def _pref_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> pa.Table:
     tokenizer = _tokenizer(tokenizer_path)
-    columns = tok.encode_preferences(tokenizer, _rows(batch), cfg.seq_len, cfg.max_prompt_len)
+    columns = tok.encode_preferences(tokenizer, _rows(batch, cfg), cfg.seq_len, cfg.max_prompt_len)
     return pa.table({k: pa.array([v.tolist() for v in vs], type=pa.list_(pa.int32())) for k, vs in columns.items()})
 
 
 def sft_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, split: str = "train"):
     """Packed, prompt-masked conversations (multi-turn aware) for the sft and mouse stages."""
-    records = read_records(corpus_files(dirs, "sft", split), cfg.seed)
+    records = read_records(corpus_files(dirs, "sft", split), cfg.seed, cfg.shuffle)
     return records.map_batches(_sft_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
                                fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})
 
@@ -110,30 +125,25 @@ def cpt_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, sp
     `cfg.hybrid_ratio` flattened instructions are mixed in per pretraining document (sampled by a
     seeded hash of the record id, so the mixture is the same on every run and every worker).
     """
-    import ray.data
-
     text_files = corpus_files(dirs, "text", "train")
-    instruction_files = corpus_files(dirs, "sft", split)
-    parts = []
-    if text_files:
-        parts.append(read_records(text_files, cfg.seed, shuffle=False))
-    if instruction_files and cfg.hybrid_ratio > 0:
-        wanted = cfg.hybrid_ratio * max(count_records(text_files), 1)
-        probability = min(1.0, wanted / max(count_records(instruction_files), 1))
-        seed = cfg.seed
-        parts.append(read_records(instruction_files, seed, shuffle=False).filter(
-            lambda r: _keep(r["id"], seed, probability)))
-    if not parts:
+    instruction_files = corpus_files(dirs, "sft", split) if cfg.hybrid_ratio > 0 else []
+    if not text_files and not instruction_files:
         raise FileNotFoundError(f"no pretraining text or instructions under {dirs}")
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    mixed = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    mixed = mixed.select_columns(["id", "kind", "messages", "text"]).random_shuffle(seed=cfg.seed)
+    wanted = cfg.hybrid_ratio * max(count_records(text_files), 1)
+    probability = min(1.0, wanted / max(count_records(instruction_files), 1)) if instruction_files else 0.0
+    seed = cfg.seed
+    # One read over both kinds: the hybrid sample keeps every document and a seeded share of instructions.
+    records = read_records(text_files + instruction_files, seed, "none" if cfg.shuffle == "global" else cfg.shuffle)
+    mixed = records.select_columns(["id", "kind", "messages", "text"]).filter(
+        lambda r: r["kind"] == "text" or _keep(r["id"], seed, probability))
+    if cfg.shuffle == "global":
+        mixed = mixed.random_shuffle(seed=seed)
     return mixed.map_batches(_cpt_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
                              fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})
 
 
 def pref_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, split: str = "train"):
     """Tokenised preference pairs (prompt masked) for the dfpo stage; padded per batch by the collator."""
-    records = read_records(corpus_files(dirs, "pref", split), cfg.seed)
+    records = read_records(corpus_files(dirs, "pref", split), cfg.seed, cfg.shuffle)
     return records.map_batches(_pref_batch, batch_size=cfg.batch_size, batch_format="pyarrow",
                                fn_kwargs={"tokenizer_path": tokenizer_path, "cfg": cfg})

@@ -54,3 +54,13 @@ def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {stage} | {before} | {after} | {manifest['final_loss']:.4f} | {manifest['steps']} "
                      f"| {manifest['elapsed_s']} |")
     return "\n".join(lines)
+
+
+def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """What a user runs: join or start Ray, train the stages, print the comparison table."""
+    from pedray.data.preview import ensure_ray
+
+    ensure_ray()
+    manifests = train_all(recipe, stages)
+    print(summary_table(manifests), flush=True)
+    return manifests
