@@ -122,10 +122,17 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) 
             if name == "train":
                 raise
             continue  # no held-out split in this corpus
+        if name == "eval":
+            dataset = dataset.limit(settings.eval_rows)
+        elif spec.needs_reference:
+            # Score only the pairs the stage will consume: the loop cycles over exactly these.
+            scaling = recipe.scaling
+            dataset = dataset.limit(settings.max_steps * scaling.micro_batch_size * scaling.grad_accum
+                                    * max(scaling.num_workers, 1))
         if spec.needs_reference:
             dataset = read_scored(score_reference(dataset, upstream, stage_dir / f"reference-{split}",
                                                   trust_remote_code=recipe.model.trust_remote_code))
-        datasets[name] = dataset if name == "train" else dataset.limit(settings.eval_rows)
+        datasets[name] = dataset
     return datasets
 
 
