@@ -1,0 +1,1 @@
+"""Data: the column contract, tokenisation, packing and the Ray Data pipelines."""

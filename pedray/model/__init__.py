@@ -1,0 +1,1 @@
+"""Models: tokenizer training, the embedded default model, loading, adapters."""
