@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from pedray.cache import build_once, cache_root
 from pedray.config.schema import Recipe
-
-
-def cache_root() -> Path:
-    """Where built defaults live (PEDRAY_CACHE, else ~/.cache/pedray)."""
-    return Path(os.environ.get("PEDRAY_CACHE", Path.home() / ".cache" / "pedray"))
 
 
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
-
-
-def _build_once(folder: Path, build) -> Path:
-    """Build into a staging folder and rename, so concurrent or interrupted builds never leave half a folder."""
-    if (folder / "summary.json").is_file():
-        return folder
-    staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    build(staging)
-    try:
-        staging.rename(folder)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def corpus_dirs(recipe: Recipe) -> list[Path]:
@@ -51,11 +31,13 @@ def corpus_dirs(recipe: Recipe) -> list[Path]:
     else:
         key = _fingerprint({"seed": data.seed, "count": data.instructions, "holdout": data.holdout, "v": 1})
         folder = cache_root() / f"pedcorpus-{key}"
-        dirs = [_build_once(folder, lambda out: write_corpus(out, data.seed, data.instructions, data.holdout))]
+        dirs = [build_once(folder, lambda out: write_corpus(out, data.seed, data.instructions, data.holdout),
+                           "summary.json")]
     if data.inputs:
         resolved = [str(Path(p).resolve()) for p in data.inputs]
         folder = cache_root() / f"prepped-{_fingerprint({'inputs': resolved, 'seed': data.seed})}"
-        dirs.append(_build_once(folder, lambda out: prep(resolved, out, holdout=data.holdout, seed=data.seed)))
+        dirs.append(build_once(folder, lambda out: prep(resolved, out, holdout=data.holdout, seed=data.seed),
+                               "summary.json"))
     return dirs
 
 

@@ -61,16 +61,11 @@ def init_model(size: str, out: str | Path, seed: int = 0, max_positions: int = 4
 
 
 def default_model_dir(size: str, seed: int = 0, cache: str | Path | None = None) -> Path:
-    """The embedded default model of `size`, built once into a cache folder and reused."""
-    import os
+    """The embedded default model of `size`, built once into the cache folder and reused."""
+    from pedray.cache import build_once, cache_root
 
-    root = Path(cache or os.environ.get("PEDRAY_CACHE", Path.home() / ".cache" / "pedray"))
-    folder = root / f"default-{size}-seed{seed}"
-    if not (folder / "config.json").is_file():
-        staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        init_model(size, staging, seed=seed)
-        staging.rename(folder) if not folder.exists() else None
-    return folder
+    folder = Path(cache or cache_root()) / f"default-{size}-seed{seed}"
+    return build_once(folder, lambda out: init_model(size, out, seed=seed), "pedray_model.json")
 
 
 def check_model_dir(path: str | Path) -> Path:
