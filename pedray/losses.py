@@ -105,3 +105,31 @@ def load_balance_loss(gate_weights: torch.Tensor) -> torch.Tensor:
     share = F.one_hot(flat.argmax(-1), experts).float().mean(0)
     mean_gate = flat.mean(0)
     return experts * (share * mean_gate).sum()
+
+
+def mixture_lm_loss(logits: torch.Tensor, labels: torch.Tensor, gates: list[torch.Tensor],
+                    mask: torch.Tensor | None = None, balance_coef: float = 0.0
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Causal LM loss plus the MoUSE load-balancing term: L = L_lm + c * mean_layers(balance(g_layer)).
+
+    Args:
+        logits, labels: as in `causal_lm_loss`.
+        gates: one [B, T, E] gate tensor per MoUSE layer (empty in eval: the LM loss alone).
+        mask: [B, T] bool, the tokens whose routing counts (padding excluded); None counts all.
+        balance_coef: c; 0 still reports the balance term without training on it.
+
+    Returns:
+        The loss and metrics: `loss` stays the LM loss (comparable with sft and held-out loss),
+        `balance_loss` (1 = uniform load) and `gate_entropy` (nats, log E = uniform gates).
+    """
+    loss, metrics = causal_lm_loss(logits, labels)
+    if not gates:
+        return loss, metrics
+    picked = [g if mask is None else g[mask] for g in gates]
+    picked = [g.reshape(-1, g.shape[-1]) for g in picked if g.numel()]
+    if not picked:
+        return loss, metrics
+    balance = torch.stack([load_balance_loss(g) for g in picked]).mean()
+    entropy = torch.stack([-(g * g.clamp_min(1e-12).log()).sum(-1).mean() for g in picked]).mean()
+    metrics.update(balance_loss=balance.detach(), gate_entropy=entropy.detach())
+    return (loss + balance_coef * balance if balance_coef > 0 else loss), metrics

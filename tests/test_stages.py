@@ -1,12 +1,13 @@
 """Stage specs and the DeepSpeed config, without Ray: trainable sets, batch layouts, config golden values."""
 
 import numpy as np
+import pytest
 import torch
 
 from pedray.config import load_recipe
 from pedray.train.engine import deepspeed_config
 from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
-from pedray.vocab import STAGES
+from pedray.vocab import STAGES, TASKS
 
 
 def test_every_stage_has_a_spec():
@@ -40,7 +41,9 @@ def _packed_batch(tokenizer):
     from pedray.data.packing import pack
     from pedray.data.tokenize import encode_conversations
 
-    rows = pack(encode_conversations(tokenizer, instructions(0, 8), 256), 256, tokenizer.pad_token_id)
+    records = instructions(0, 8)
+    rows = pack(encode_conversations(tokenizer, records, 256), 256, tokenizer.pad_token_id,
+                tags=[TASKS.index(r["task"]) for r in records])
     return collate_packed(rows, torch.device("cpu"))[0]
 
 
@@ -53,17 +56,19 @@ def test_full_stages_change_every_weight(tiny_model_dir, tiny_tokenizer):
     assert all(changed.values()), [n for n, c in changed.items() if not c]
 
 
-def test_mouse_changes_adapters_and_nothing_else(tiny_model_dir, tiny_tokenizer):
+@pytest.mark.parametrize("gating", ["token", "task"])
+def test_mouse_changes_experts_and_routers_and_nothing_else(tiny_model_dir, tiny_tokenizer, gating):
     from pedray.model.build import load_model
 
-    recipe = load_recipe(None, ["lora.rank=4"])
+    recipe = load_recipe(None, ["lora.rank=4", f"lora.gating={gating}", "lora.balance_coef=0.01"])
     model = STAGE_SPECS["mouse"].prepare(load_model(tiny_model_dir), recipe)
     batch = _packed_batch(tiny_tokenizer)
     _step(model, batch, STAGE_SPECS["mouse"], recipe, "mouse")  # B leaves zero on the first step
     changed = _step(model, batch, STAGE_SPECS["mouse"], recipe, "mouse")
-    adapters = {n for n in changed if "lora_" in n}
-    assert adapters and all(changed[n] for n in adapters)
+    adapters = {n for n in changed if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "router", "noise")}
+    assert len(adapters) == 4 * 14 and all(changed[n] for n in adapters), [n for n in adapters if not changed[n]]
     assert not any(changed[n] for n in changed if n not in adapters)
+    assert model.stats.tokens.sum() > 0  # routing statistics were counted while training
 
 
 def test_pairs_collate_chosen_then_rejected_right_padded():

@@ -51,6 +51,17 @@ def test_pack_masks_boundaries_and_counts_tokens():
     assert long["tokens"].tolist() == [10, 10, 5]
     padded = pad_rows(docs, 10, 0)
     assert padded["input_ids"].shape == (2, 10) and padded["tokens"].tolist() == [5, 3]
+    assert "task_ids" not in rows
+
+
+def test_task_tags_follow_their_documents():
+    docs = [(np.arange(1, 6, dtype=np.int32),) * 2, (np.arange(10, 13, dtype=np.int32),) * 2,
+            (np.arange(20, 27, dtype=np.int32),) * 2]
+    rows = pack(docs, seq_len=10, pad_id=0, tags=[3, 1, 4])
+    by_token = {int(t): int(k) for t, k in zip(rows["input_ids"].ravel(), rows["task_ids"].ravel()) if t}
+    assert all(by_token[t] == 3 for t in range(1, 6)) and all(by_token[t] == 4 for t in range(20, 27))
+    assert (rows["task_ids"][rows["input_ids"] == 0] == -1).all()
+    assert pad_rows(docs, 10, 0, tags=[3, 1, 4])["task_ids"][1].tolist() == [1, 1, 1] + [-1] * 7
 
 
 def test_packed_rows_give_the_same_logits_as_documents_alone(tiny_model_dir, tiny_tokenizer):

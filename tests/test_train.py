@@ -47,9 +47,9 @@ def _registered_checkpoints(run_root: Path, stage: str) -> int:
 
 def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp_path, capsys):
     """All four stages in one process (num_workers=0): losses fall, artifacts reload, a rerun skips."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from pedray.model.mouse_io import load_mouse
     from pedray.train.chain import train_all
 
     recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "scaling.num_workers=0"])
@@ -67,8 +67,11 @@ def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp
     assert {"dfpo/reward_accuracy", "dfpo/reward_margin", "dfpo/chosen_logps", "dfpo/rejected_logps"} <= set(dfpo)
     model = AutoModelForCausalLM.from_pretrained(manifests["dfpo"]["paths"]["model"])
     adapters = Path(manifests["mouse"]["paths"]["model"])
-    assert (adapters / "adapter_model.safetensors").is_file() and (adapters / "adapter_config.json").is_file()
-    PeftModel.from_pretrained(model, adapters)
+    mouse = load_mouse(adapters, model)  # the base recorded in the adapter is the dfpo model
+    assert mouse.lora.num_experts == recipe.lora.num_experts
+    assert (adapters / "routing.png").is_file()
+    routing = json.loads((adapters / "routing.json").read_text())
+    assert sum(routing["tokens"].values()) > 0 and len(routing["layers"]) == len(mouse.targets)
 
     capsys.readouterr()
     again = train_all(recipe)

@@ -20,6 +20,8 @@ Tokenised rows, produced by `pedray.data.pipeline`:
         labels are -100 where no loss is taken (prompts, padding); position_ids restart at 0 for
         each packed document, which makes transformers' SDPA/flash attention block-diagonal.
                        tokens  int32 (one per row): its real, non-padding tokens
+    sft also:          task_ids  int8 [seq_len]: index into TASKS of each token's record, -1 on padding
+                       (MoUSE task gating and routing statistics)
     dfpo:              chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels
                        int32 lists of varying length (padded per batch by the collator)
 """

@@ -14,6 +14,7 @@ import pyarrow as pa
 from pedray.config.schema import DataConfig
 from pedray.data import packing
 from pedray.data import tokenize as tok
+from pedray.vocab import TASKS
 
 
 @lru_cache(maxsize=4)
@@ -88,16 +89,20 @@ def _batch_seed(batch: pa.Table, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{first}".encode()).digest()[:8], "big")
 
 
-def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool, seed: int) -> dict[str, np.ndarray]:
+def _pack_or_pad(docs, cfg: DataConfig, pad_id: int, truncate: bool, seed: int,
+                 tags: list[int] | None = None) -> dict[str, np.ndarray]:
     if cfg.pack:
-        return packing.pack(docs, cfg.seq_len, pad_id, truncate=truncate, seed=seed)
-    return packing.pad_rows(docs, cfg.seq_len, pad_id)
+        return packing.pack(docs, cfg.seq_len, pad_id, truncate=truncate, seed=seed, tags=tags)
+    return packing.pad_rows(docs, cfg.seq_len, pad_id, tags=tags)
 
 
 def _sft_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:
     tokenizer = _tokenizer(tokenizer_path)
-    docs = tok.encode_conversations(tokenizer, _rows(batch, cfg), cfg.seq_len)
-    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True, seed=_batch_seed(batch, cfg.seed))
+    rows = _rows(batch, cfg)
+    docs = tok.encode_conversations(tokenizer, rows, cfg.seq_len)
+    tags = [TASKS.index(r["task"]) for r in rows]  # per-token task labels: MoUSE task gating and routing stats
+    return _pack_or_pad(docs, cfg, tokenizer.pad_token_id, truncate=True, seed=_batch_seed(batch, cfg.seed),
+                        tags=tags)
 
 
 def _cpt_batch(batch: pa.Table, tokenizer_path: str, cfg: DataConfig) -> dict[str, np.ndarray]:

@@ -245,5 +245,7 @@ def _train(config: dict[str, Any]) -> None:
 
     if state["step"] >= settings.max_steps and not state.get("done"):
         metrics = evaluate(metrics)
+    if spec.gather is not None:
+        spec.gather(engine.module)
     full_state = engine.full_state_dict()
     _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, local, export=export)

@@ -15,15 +15,15 @@ import torch
 
 from pedray.config.schema import Recipe
 from pedray.data.columns import IGNORE_INDEX
-from pedray.losses import causal_lm_loss, dfpo_loss, sequence_logps
+from pedray.losses import causal_lm_loss, dfpo_loss, mixture_lm_loss, sequence_logps
 
 Batch = dict[str, torch.Tensor]
 
 
 def collate_packed(batch: dict[str, np.ndarray], device: torch.device) -> tuple[Batch, int]:
-    """Packed rows -> tensors; also the number of real tokens."""
+    """Packed rows -> tensors (task_ids too when the rows carry them); also the number of real tokens."""
     tensors = {k: torch.as_tensor(batch[k], dtype=torch.long, device=device)
-               for k in ("input_ids", "labels", "position_ids")}
+               for k in ("input_ids", "labels", "position_ids", "task_ids") if k in batch}
     return tensors, int(batch["tokens"].sum())
 
 
@@ -54,6 +54,15 @@ def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tupl
     return causal_lm_loss(logits, batch["labels"])
 
 
+def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
+    """LM loss over answers plus the experts' load-balancing term (gates are kept only while training)."""
+    output = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                     task_ids=batch.get("task_ids"), use_cache=False)
+    mask = batch["task_ids"] >= 0 if "task_ids" in batch else None
+    return mixture_lm_loss(output.logits, batch["labels"], getattr(output, "gates", []), mask,
+                           recipe.lora.balance_coef)
+
+
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
     """DFPO on one forward pass over [chosen; rejected] against precomputed reference log-probs."""
     logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
@@ -71,21 +80,27 @@ def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     return model
 
 
-def with_adapters(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
-    """Parameter-efficient training: freeze the base, attach the expert adapters."""
-    from pedray.model.adapters import attach_adapters
+def with_experts(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """Parameter-efficient training: freeze the base, wrap its linear layers with MoUSE experts."""
+    from pedray.model.mouse import attach_mouse
 
-    return attach_adapters(model, recipe.lora)
+    return attach_mouse(model, recipe.lora)
 
 
 def export_full(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
 
 
-def export_adapters(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
-    from pedray.model.adapters import save_adapters
+def export_experts(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
+    """The MoUSE adapter (routers included) plus its routing statistics (routing.json, routing.png)."""
+    from pedray.model.mouse_io import save_mouse
 
-    save_adapters(model, state, out)
+    save_mouse(model, out, state)
+    model.stats.write(out)
+
+
+def gather_routing(model: torch.nn.Module) -> None:
+    model.stats.reduce()
 
 
 @dataclass(frozen=True)
@@ -99,11 +114,12 @@ class StageSpec:
     pairs: bool                   # batches are preference pairs (collate_pairs) rather than packed rows
     export: Callable[[torch.nn.Module, dict[str, torch.Tensor], Path], None]
     needs_reference: bool = False  # reference log-probs from the upstream model are added to the data
+    gather: Callable[[torch.nn.Module], None] | None = None  # run on every rank before the export
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
     "cpt": StageSpec("cpt", "cpt", full_model, lm_loss, False, export_full),
     "sft": StageSpec("sft", "sft", full_model, lm_loss, False, export_full),
     "dfpo": StageSpec("dfpo", "dfpo", full_model, preference_loss, True, export_full, needs_reference=True),
-    "mouse": StageSpec("mouse", "sft", with_adapters, lm_loss, False, export_adapters),
+    "mouse": StageSpec("mouse", "sft", with_experts, mouse_loss, False, export_experts, gather=gather_routing),
 }
