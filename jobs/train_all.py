@@ -18,10 +18,15 @@ def main() -> int:
     parser.add_argument("--config", default=str(Path(__file__).with_name("default.yaml")))
     parser.add_argument("--output-dir", default=None, help="where stage folders go (overrides output_dir)")
     parser.add_argument("--stages", default=None, help="comma-separated subset, e.g. cpt,sft")
+    parser.add_argument("--tuned", default=None, help="best.yaml from `python -m pedray tune`: its settings apply")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.sft.max_steps=50")
     args = parser.parse_args()
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:
+        if args.tuned:
+            from pedray.tune import tuned_overrides
+
+            overrides = tuned_overrides(args.tuned) + overrides
         recipe = load_recipe(args.config, overrides)
     except ConfigError as err:
         print(f"train_all: {err}", file=sys.stderr)

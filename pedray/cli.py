@@ -50,7 +50,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pedray.config import load_recipe
     from pedray.train.chain import run
 
-    run(load_recipe(args.config, args.overrides), args.stages.split(",") if args.stages else None)
+    overrides = list(args.overrides)
+    if args.tuned:
+        from pedray.tune import tuned_overrides
+
+        overrides = tuned_overrides(args.tuned) + overrides
+    run(load_recipe(args.config, overrides), args.stages.split(",") if args.stages else None)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pedray.config import load_recipe
+    from pedray.data.preview import ensure_ray
+    from pedray.tune import sweep
+
+    recipe = load_recipe(args.config, args.overrides)
+    ensure_ray(dashboard=True)
+    summary = sweep(recipe, args.upstream)
+    print(summary["table"])
+    print(f"best: {summary['best']} (held-out loss {summary['best_loss']:.4f}); overrides in {summary['best_file']}, "
+          f"plot {summary['plot']}")
+    print(f"train with it: python jobs/train_all.py --config {args.config or '<recipe>'} --tuned {summary['best_file']}")
     return 0
 
 
@@ -103,8 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="run the recipe's stages on Ray (what jobs/train_all.py does)")
     train.add_argument("--stages", default=None, help="comma-separated subset, e.g. cpt,sft")
+    train.add_argument("--tuned", default=None, help="best.yaml written by `pedray tune` (its overrides apply)")
     _add_recipe(train)
     train.set_defaults(func=cmd_train)
+
+    tuner = verbs.add_parser("tune", help="Ray Tune sweep (ASHA on held-out loss) over the recipe's tune.space")
+    tuner.add_argument("--upstream", default=None, help="model the trials start from (default: what the chain gives)")
+    _add_recipe(tuner)
+    tuner.set_defaults(func=cmd_tune)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

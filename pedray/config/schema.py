@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pedray.vocab import STAGES, TASKS
 
@@ -183,20 +183,27 @@ def _default_stages() -> dict[str, StageConfig]:
 
 @dataclass
 class TuneConfig:
-    num_experts: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    """Grid of specific-expert counts to sweep."""
-    rank: list[int] = field(default_factory=lambda: [8])
-    """Grid of LoRA ranks."""
-    mu: list[float] = field(default_factory=lambda: [1.0])
-    """Grid of DFPO mu values (used when a sweep includes dfpo)."""
-    grace_period: int = 5
-    """ASHA: steps before a trial may be stopped."""
+    stage: Literal["cpt", "sft", "dfpo", "mouse"] = "mouse"
+    """The stage each trial trains (from the model the chain gives that stage)."""
+    space: dict[str, list[Any]] = field(default_factory=lambda: {"lora.num_experts": [1, 2, 3, 4]})
+    """Grid: dotted recipe keys (the override names, e.g. lora.rank, stages.dfpo.mu) -> values; every
+    combination is one trial."""
+    eval_every: int = 5
+    """Steps between held-out evaluations (ASHA's time unit) in a trial."""
+    grace_period: int = 1
+    """ASHA: held-out evaluations a trial always gets before it may be stopped."""
+    reduction_factor: int = 2
+    """ASHA: keep the best 1/reduction_factor of trials at each rung."""
     max_concurrent: int = 0
-    """Trials at once; 0 derives it from the cluster's CPUs."""
+    """Trials at once; 0 derives it from the cluster's CPUs (one CPU stays free for Ray Data)."""
 
     def __post_init__(self) -> None:
-        _check(all(n >= 1 for n in self.num_experts) and self.num_experts, "num_experts must be a list of ints >= 1")
-        _check(all(r >= 1 for r in self.rank) and self.rank, "rank must be a list of ints >= 1")
+        _check(bool(self.space), "space must name at least one key")
+        for key, values in self.space.items():
+            _check(isinstance(values, list) and len(values) > 0, f"space.{key} must be a non-empty list")
+        _check(self.eval_every >= 1 and self.grace_period >= 1, "eval_every and grace_period must be >= 1")
+        _check(self.reduction_factor >= 2, "reduction_factor must be >= 2")
+        _check(self.max_concurrent >= 0, "max_concurrent must be >= 0")
 
 
 @dataclass

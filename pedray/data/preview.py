@@ -9,8 +9,12 @@ import numpy as np
 from pedray.data.columns import IGNORE_INDEX
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS when set, else start a private local Ray (never a stale cluster file)."""
+def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Connect to RAY_ADDRESS when set, else start a private local Ray (never a stale cluster file).
+
+    `dashboard`: also start the dashboard, whose state API Ray Train's placement-group cleaner needs
+    when a Train run's owner is killed (as Tune does with a finished or stopped trial).
+    """
     import os
 
     import ray
@@ -20,7 +24,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level="ERROR")
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

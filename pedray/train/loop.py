@@ -240,7 +240,7 @@ def _train(config: dict[str, Any]) -> None:
         if (step % settings.checkpoint_every == 0) and not last:
             metrics = evaluate(metrics)
             _checkpoint(engine, state, metrics, rank, local)
-        elif step % settings.log_every == 0:
+        elif step % settings.log_every == 0 and not last:  # the last step reports with the final checkpoint
             ray.train.report(metrics)
 
     if state["step"] >= settings.max_steps and not state.get("done"):
@@ -248,4 +248,5 @@ def _train(config: dict[str, Any]) -> None:
     if spec.gather is not None:
         spec.gather(engine.module)
     full_state = engine.full_state_dict()
-    _checkpoint(engine, dict(state, done=True), dict(metrics, done=1), rank, local, export=export)
+    # "done" is a reserved result key in Ray Tune (it ends the trial at once): the metric is "finished".
+    _checkpoint(engine, dict(state, done=True), dict(metrics, finished=1), rank, local, export=export)

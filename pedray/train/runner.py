@@ -86,7 +86,8 @@ def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path |
     return out
 
 
-def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage: Path, run_name: str):
+def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage: Path, run_name: str,
+             callbacks: list | None = None):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -98,7 +99,7 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage
     run = ray.train.RunConfig(
         name=run_name, storage_path=str(storage),
         failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or None)
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
     config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream),
               "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
@@ -132,12 +133,20 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) 
         if spec.needs_reference:
             dataset = read_scored(score_reference(dataset, upstream, stage_dir / f"reference-{split}",
                                                   trust_remote_code=recipe.model.trust_remote_code))
+        if name == "eval":
+            # Computed once, here: the loop re-reads it at every evaluation, and a second live pipeline
+            # would share (and on a small cluster starve) the CPUs the training stream needs.
+            dataset = dataset.materialize()
         datasets[name] = dataset
     return datasets
 
 
-def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstream_info: dict[str, Any]) -> dict:
-    """Train `stage` from the `upstream` model folder; returns the manifest written to `stage_dir`."""
+def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstream_info: dict[str, Any],
+              callbacks: list | None = None) -> dict:
+    """Train `stage` from the `upstream` model folder; returns the manifest written to `stage_dir`.
+
+    `callbacks`: Ray Train callbacks (e.g. Tune's report callback when the stage is a Tune trial).
+    """
     from pedray.workspace import corpus_dirs
 
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +154,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstr
     started = time.time()
     datasets = stage_datasets(recipe, stage, upstream, stage_dir)
     storage = (Path(recipe.output_dir) / "ray").resolve()
-    result = _trainer(recipe, stage, upstream, datasets, storage, f"{stage}-{fingerprint}").fit()
+    result = _trainer(recipe, stage, upstream, datasets, storage, f"{stage}-{fingerprint}", callbacks).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under {storage}")
     model_dir = stage_dir / "model"
