@@ -13,16 +13,29 @@ from pedray.vocab import STAGES
 def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run the enabled stages in order; each starts from the previous stage's exported model.
 
+    With `stages`, only those run; a stage left out still hands its completed model on (so
+    `--stages mouse` trains the experts over the dfpo model of an earlier run).
+
     A stage whose manifest says complete with the same fingerprint (settings and upstream) is
     skipped. An interrupted stage restarts under the same Ray Train run name, which makes Ray
     restore its latest checkpoint.
     """
     from pedray.workspace import base_model_dir
 
+    unknown = sorted(set(stages or []) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; allowed: {list(STAGES)}")
     upstream = base_model_dir(recipe)
     upstream_info: dict[str, Any] = {"stage": "base", "path": str(upstream), "fingerprint": f"base:{upstream}"}
     manifests: dict[str, dict[str, Any]] = {}
-    for stage in stages or list(STAGES):
+    for stage in STAGES:
+        if stages and stage not in stages:
+            # Not asked for: a completed earlier run of it still hands its model to the next stage.
+            manifest = read_manifest(Path(recipe.output_dir) / stage)
+            if manifest and manifest.get("status") == "complete" and stage != "mouse":
+                upstream = Path(manifest["paths"]["model"])
+                upstream_info = {"stage": stage, "path": str(upstream), "fingerprint": manifest["fingerprint"]}
+            continue
         if not recipe.stage(stage).enabled:
             print(f"[{stage}] disabled in the recipe", flush=True)
             continue

@@ -21,10 +21,14 @@ RUN_KEYS = ("data", "model", "lora", "optim", "scaling", "stages")
 
 
 def stage_fingerprint(recipe: Recipe, stage: str, upstream: str) -> str:
-    """Identity of a stage run: the settings that shape its result, and where it starts from."""
+    """Identity of a stage run: the settings that shape its result, where it starts from, and the version
+    of the stage's implementation (a Ray Train run under a reused name silently resumes its checkpoints)."""
     settings = {k: v for k, v in to_dict(recipe).items() if k in RUN_KEYS}
     settings["stages"] = settings["stages"][stage]
-    blob = json.dumps({"stage": stage, "settings": settings, "upstream": upstream}, sort_keys=True)
+    identity = {"stage": stage, "settings": settings, "upstream": upstream}
+    if STAGE_SPECS[stage].version != 1:  # version 1 hashes as before versions existed: old runs stay valid
+        identity["version"] = STAGE_SPECS[stage].version
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

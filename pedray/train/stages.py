@@ -115,11 +115,13 @@ class StageSpec:
     export: Callable[[torch.nn.Module, dict[str, torch.Tensor], Path], None]
     needs_reference: bool = False  # reference log-probs from the upstream model are added to the data
     gather: Callable[[torch.nn.Module], None] | None = None  # run on every rank before the export
+    version: int = 1  # bump when what the stage trains or saves changes: a new fingerprint, no stale resume
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
     "cpt": StageSpec("cpt", "cpt", full_model, lm_loss, False, export_full),
     "sft": StageSpec("sft", "sft", full_model, lm_loss, False, export_full),
     "dfpo": StageSpec("dfpo", "dfpo", full_model, preference_loss, True, export_full, needs_reference=True),
-    "mouse": StageSpec("mouse", "sft", with_experts, mouse_loss, False, export_experts, gather=gather_routing),
+    "mouse": StageSpec("mouse", "sft", with_experts, mouse_loss, False, export_experts, gather=gather_routing,
+                       version=2),  # 2: MoUSE experts (1 was a plain PEFT LoRA)
 }
