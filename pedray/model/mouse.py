@@ -10,7 +10,7 @@ expert is stacked into one [(T+1) r, C] matrix and B into one [O, (T+1) r] matri
 scales each expert's r columns in between, so sum_j g_j B_j A_j x = B_cat (g * A_cat x).
 
 In task gating the router is a table: each task label selects a learned gate distribution, so a
-task's mixture is a constant and can be folded into plain weights (`pedray.model.mouse_export`).
+task's mixture is a constant and can be folded into plain weights (`pedray.model.mouse_io`).
 """
 
 from __future__ import annotations
@@ -105,13 +105,18 @@ class MouseLinear(nn.Module):
         hidden = (hidden.unflatten(-1, (self.experts + 1, self.rank)) * weights.unsqueeze(-1)).flatten(-2)
         return self.base(x) + F.linear(hidden, self.lora_B.flatten(1)) * self.scaling
 
+    def task_factors(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's eval-mode mixture as a single low-rank pair (task gating only): A [(T+1) r, C] with
+        each expert's rows scaled by its gate weight (universal 1), and B [O, (T+1) r]; the update is s B A."""
+        if self.gating != "task":
+            raise ValueError("only task gating has a fixed per-task mixture; this adapter routes per token")
+        weights = torch.cat([self.router.new_ones(1), self.task_gate(task)])
+        return (self.lora_A * weights.view(-1, 1, 1)).flatten(0, 1), self.lora_B.flatten(1)
+
     def delta_weight(self, task: int) -> torch.Tensor:
         """The update this layer adds for one task in task gating (eval): s * B_cat diag(w) A_cat, [O, C]."""
-        if self.gating != "task":
-            raise ValueError("only task gating has a fixed per-task mixture to merge; this adapter routes per token")
-        weights = torch.cat([self.router.new_ones(1), self.task_gate(task)])
-        scaled = (self.lora_A * weights.view(-1, 1, 1)).flatten(0, 1)
-        return (self.lora_B.flatten(1) @ scaled) * self.scaling
+        down, up = self.task_factors(task)
+        return (up @ down) * self.scaling
 
     def task_gate(self, task: int) -> torch.Tensor:
         """The eval-mode (noise-free) gate of one task under task gating: [T]."""

@@ -139,11 +139,9 @@ def export_peft(model: MouseModel, task: str | int, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     weights, rank = {}, (model.lora.num_experts + 1) * model.lora.rank
     for name, layer in model.layers().items():
-        if layer.gating != "task":
-            raise ValueError("only task gating has a fixed per-task mixture to export; this adapter routes per token")
-        gate = torch.cat([layer.router.new_ones(1), layer.task_gate(index)])
-        weights[f"base_model.model.{name}.lora_A.weight"] = (layer.lora_A * gate.view(-1, 1, 1)).flatten(0, 1)
-        weights[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.flatten(1)
+        down, up = layer.task_factors(index)
+        weights[f"base_model.model.{name}.lora_A.weight"] = down
+        weights[f"base_model.model.{name}.lora_B.weight"] = up
     save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()},
               str(out / "adapter_model.safetensors"))
     config = PeftLoraConfig(r=rank, lora_alpha=model.lora.alpha / model.lora.rank * rank, lora_dropout=0.0,

@@ -32,9 +32,8 @@ def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict
         if stages and stage not in stages:
             # Not asked for: a completed earlier run of it still hands its model to the next stage.
             manifest = read_manifest(Path(recipe.output_dir) / stage)
-            if manifest and manifest.get("status") == "complete" and stage != "mouse":
-                upstream = Path(manifest["paths"]["model"])
-                upstream_info = {"stage": stage, "path": str(upstream), "fingerprint": manifest["fingerprint"]}
+            if manifest and manifest.get("status") == "complete":
+                upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
             continue
         if not recipe.stage(stage).enabled:
             print(f"[{stage}] disabled in the recipe", flush=True)
@@ -50,10 +49,16 @@ def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict
             print(f"[{stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
                   f"in {manifest['elapsed_s']}s; model in {manifest['paths']['model']}", flush=True)
         manifests[stage] = manifest
-        if stage != "mouse":  # mouse exports adapters over its upstream; nothing trains after it
-            upstream = Path(manifest["paths"]["model"])
-            upstream_info = {"stage": stage, "path": str(upstream), "fingerprint": manifest["fingerprint"]}
+        upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
     return manifests
+
+
+def _hand_on(stage: str, manifest: dict[str, Any], upstream: Path, info: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The model (and its identity) the next stage starts from after `stage` completed."""
+    if stage == "mouse":  # mouse exports adapters over its upstream; nothing trains after it
+        return upstream, info
+    path = Path(manifest["paths"]["model"])
+    return path, {"stage": stage, "path": str(path), "fingerprint": manifest["fingerprint"]}
 
 
 def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
