@@ -84,6 +84,44 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pedray.config import load_recipe
+    from pedray.data.preview import ensure_ray
+    from pedray.eval.run import evaluate, recipe_items
+
+    overrides = list(args.overrides) + (["eval.heldout=false"] if args.no_heldout else [])
+    recipe = load_recipe(args.config, overrides)
+    items = recipe_items(recipe, args.sets)
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    ensure_ray()
+    report = evaluate(args.model, items, recipe.eval, out)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}, chart {out / 'report.png'}; answers "
+          f"{out / 'answers.jsonl'} ({report['generation']['answers_per_s']:.2f} answers/s)")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pedray.eval.judge import answer_pairs, compare
+
+    pairs = answer_pairs(args.answers_1, args.answers_2)[: args.limit or None]
+    result = compare(pairs, args.url, args.model, os.environ.get(args.api_key_env) or "none", args.retries,
+                     args.concurrency)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"| pairs | win | tie | loss | unparseable | win rate | consistent in both orders |\n|---|---|---|---|---|---|---|\n"
+          f"| {result['pairs']} | {result['win']} | {result['tie']} | {result['loss']} | {result['unparseable']} "
+          f"| {result['win_rate']:.1f}% | {result['consistent']} |")
+    print(f"every verdict and reply in {out}")
+    return 0
+
+
 def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe (jobs/*.yaml); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=256")
@@ -131,6 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     tuner.add_argument("--upstream", default=None, help="model the trials start from (default: what the chain gives)")
     _add_recipe(tuner)
     tuner.set_defaults(func=cmd_tune)
+
+    evaluator = verbs.add_parser("eval", help="answer the held-out split and PediaBench-layout sets; score and report")
+    evaluator.add_argument("--model", required=True, help="model folder (HF model or MoUSE adapter folder)")
+    evaluator.add_argument("--sets", nargs="*", default=[], help="PediaBench-layout files or folders (xlsx/csv/jsonl)")
+    evaluator.add_argument("--no-heldout", action="store_true", help="skip the corpus' held-out split")
+    evaluator.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
+    evaluator.add_argument("--config", default=None, help="YAML recipe (its corpus and eval settings)")
+    evaluator.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.limit=20")
+    evaluator.set_defaults(func=cmd_eval)
+
+    judge = verbs.add_parser("judge", help="LLM-as-judge: win/tie/loss of model 1 over model 2 (both orders)")
+    judge.add_argument("answers_1", help="answers.jsonl (or its eval folder) of model 1")
+    judge.add_argument("answers_2", help="answers.jsonl (or its eval folder) of model 2")
+    judge.add_argument("--url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    judge.add_argument("--model", required=True, help="judge model name at that endpoint")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    judge.add_argument("--retries", type=int, default=2, help="re-asks after a reply without a verdict")
+    judge.add_argument("--concurrency", type=int, default=4)
+    judge.add_argument("--limit", type=int, default=0, help="judge only the first N questions (0 = all)")
+    judge.add_argument("--out", default="judge.json")
+    judge.set_defaults(func=cmd_judge)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

@@ -229,6 +229,20 @@ class EvalConfig:
     """Generation length per answer."""
     limit: int = 50
     """Questions per task and set (0 = all)."""
+    heldout: bool = True
+    """Evaluate on the held-out split of the training corpus, per task."""
+    after_stages: bool = True
+    """train_all evaluates the base model and every stage's model, and ends with a comparison table."""
+    batch_size: int = 16
+    """Questions per batched, KV-cached generate call."""
+    actors: int = 0
+    """Model replicas in the Ray Data actor pool (0: one per free CPU)."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 8192, "eval.max_new_tokens must be in [1, 8192]")
+        _check(self.limit >= 0, "eval.limit must be >= 0 (0 = all)")
+        _check(self.batch_size >= 1, "eval.batch_size must be positive")
+        _check(self.actors >= 0, "eval.actors must be >= 0 (0 = one per free CPU)")
 
 
 @dataclass

@@ -123,8 +123,11 @@ def read_csv(path: Path, task: str | None = None) -> Iterator[Item]:
         yield _convert(obj, f"row {number}", path.name, f"{path.stem}-{number}", task)
 
 
-def read_pediabench(path: Path, task: str | None = None) -> Iterator[Item]:
-    """PediaBench-style xlsx: `questions`, `answers`, optional `options`, `explanations`, `Disease Groups`."""
+PEDIABENCH_COLUMNS = ("questions", "answers")
+
+
+def pediabench_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, {column: value}) of a PediaBench-layout xlsx sheet; the header row is checked first."""
     from openpyxl import load_workbook
 
     try:
@@ -133,11 +136,17 @@ def read_pediabench(path: Path, task: str | None = None) -> Iterator[Item]:
         raise InputError(f"{path}: cannot open as an xlsx workbook ({type(err).__name__}: {err})") from None
     rows = workbook.active.iter_rows(values_only=True)
     header = [str(h).strip() if h is not None else "" for h in next(rows, ())]
-    if "questions" not in header or "answers" not in header:
-        raise InputError(f"{path}: expected PediaBench columns 'questions' and 'answers', found {header}")
-    default_task = task or ("evidiag" if "case" in path.stem else "medkqa")
+    if any(column not in header for column in PEDIABENCH_COLUMNS):
+        raise InputError(f"{path}: expected PediaBench columns 'questions' and 'answers' (optional 'options', "
+                         f"'explanations', 'Disease Groups'), found {header}")
     for number, values in enumerate(rows, 2):
-        row = dict(zip(header, values))
+        yield number, dict(zip(header, values))
+
+
+def read_pediabench(path: Path, task: str | None = None) -> Iterator[Item]:
+    """PediaBench-style xlsx: `questions`, `answers`, optional `options`, `explanations`, `Disease Groups`."""
+    default_task = task or ("evidiag" if "case" in path.stem else "medkqa")
+    for number, row in pediabench_rows(path):
         question, answer = row.get("questions"), row.get("answers")
         if question is None or answer is None or not str(answer).strip():
             yield f"row {number}", None, "empty answer" if question is not None else "missing field 'questions'"

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pedray.config.schema import Recipe
 from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
 from pedray.vocab import STAGES
 
 
-def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def train_all(recipe: Recipe, stages: list[str] | None = None,
+              after_stage: Callable[[str, dict[str, Any]], Any] | None = None) -> dict[str, dict[str, Any]]:
     """Run the enabled stages in order; each starts from the previous stage's exported model.
 
     With `stages`, only those run; a stage left out still hands its completed model on (so
     `--stages mouse` trains the experts over the dfpo model of an earlier run).
 
     A stage whose manifest says complete with the same fingerprint (settings and upstream) is
-    skipped. An interrupted stage restarts under the same Ray Train run name, which makes Ray
+    skipped. `after_stage(stage, manifest)` is called once each stage is complete (run or skipped).
+    An interrupted stage restarts under the same Ray Train run name, which makes Ray
     restore its latest checkpoint.
     """
     from pedray.workspace import base_model_dir
@@ -49,6 +51,8 @@ def train_all(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict
             print(f"[{stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
                   f"in {manifest['elapsed_s']}s; model in {manifest['paths']['model']}", flush=True)
         manifests[stage] = manifest
+        if after_stage:
+            after_stage(stage, manifest)
         upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
     return manifests
 
@@ -79,6 +83,15 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
     from pedray.data.preview import ensure_ray
 
     ensure_ray()
-    manifests = train_all(recipe, stages)
+    evaluation = None
+    if recipe.eval.after_stages:
+        from pedray.eval.run import ChainEvaluation
+        from pedray.workspace import base_model_dir
+
+        evaluation = ChainEvaluation(recipe, base_model_dir(recipe))
+    manifests = train_all(recipe, stages, after_stage=evaluation.stage if evaluation else None)
     print(summary_table(manifests), flush=True)
+    if evaluation:
+        print(f"\nEvaluation on the same questions (x100; reports in {recipe.output_dir}/<stage>/eval/):", flush=True)
+        print(evaluation.finish(), flush=True)
     return manifests

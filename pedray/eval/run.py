@@ -1,0 +1,112 @@
+"""`evaluate`: answer every question with Ray Data, score, and write report.json/.md/.png and the answers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pedray.config.schema import EvalConfig
+from pedray.eval.report import bar_chart, markdown
+from pedray.eval.score import headline, score_rows
+
+REPORT = "report.json"
+
+
+def settings_key(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig, identity: str = "") -> str:
+    """What a report depends on: the model (its identity when known), the questions and the generation settings."""
+    payload = {"model": identity or str(Path(model_dir).resolve()), "max_new_tokens": cfg.max_new_tokens,
+               "questions": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_report(out_dir: str | Path, key: str | None = None) -> dict[str, Any] | None:
+    """An earlier report in `out_dir` (only when made with the same settings key, if one is given)."""
+    path = Path(out_dir) / REPORT
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return report if key is None or report.get("key") == key else None
+
+
+def evaluate(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig, out_dir: str | Path,
+             identity: str = "") -> dict[str, Any]:
+    """Answer `items` (see `pedray.eval.sets`) with the model, score them and write the report files.
+
+    Needs Ray initialised. Returns the report (also in `out_dir/report.json`).
+    """
+    from pedray.eval.generate import generate_dataset
+
+    if not items:
+        raise ValueError("nothing to evaluate: no questions")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
+    seconds = time.time() - started
+    rows.sort(key=lambda row: row["id"])
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    scores = score_rows(rows)
+    report = {
+        "model": str(model_dir), "key": settings_key(model_dir, items, cfg, identity),
+        "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "limit": cfg.limit},
+        "generation": {"answers": len(rows), "seconds": round(seconds, 2), "answers_per_s": len(rows) / seconds,
+                       "new_tokens": int(sum(row["new_tokens"] for row in rows))},
+        "scores": scores, "headline": headline(scores),
+        "files": {"answers": str(out / "answers.jsonl"), "markdown": str(out / "report.md"),
+                  "chart": str(out / "report.png")},
+    }
+    (out / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    bar_chart({Path(str(model_dir)).name: report["headline"]}, out / "report.png", f"evaluation of {model_dir}")
+    return report
+
+
+def recipe_items(recipe, sets: list[str] | None = None) -> list[dict[str, str]]:
+    """The questions a recipe evaluates on: its held-out split (eval.heldout) and eval.sets plus `sets`."""
+    from pedray.eval.sets import load_sets
+    from pedray.workspace import corpus_dirs
+
+    dirs = corpus_dirs(recipe) if recipe.eval.heldout else None
+    return load_sets(list(recipe.eval.sets) + list(sets or []), dirs, recipe.eval.limit)
+
+
+class ChainEvaluation:
+    """train_all's evaluation: the base model first, then each stage's model as it completes, on the same
+    questions; `finish` writes the comparison.
+
+    Reports go to `<output>/<stage>/eval/` (the base model's to `<output>/eval/base/`); one whose model
+    and settings have not changed is reused. `finish` writes `<output>/eval/stages.md` and `stages.png`.
+    """
+
+    def __init__(self, recipe, base: Path) -> None:
+        self.recipe, self.output = recipe, Path(recipe.output_dir)
+        self.items = recipe_items(recipe)
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.model("base", base, f"base:{base}", self.output / "eval" / "base")
+
+    def model(self, name: str, model_dir: Path, identity: str, out: Path) -> dict[str, Any]:
+        report = read_report(out, settings_key(model_dir, self.items, self.recipe.eval, identity))
+        if report is None:
+            print(f"[eval] {name}: {len(self.items)} questions", flush=True)
+            report = evaluate(model_dir, self.items, self.recipe.eval, out, identity)
+        self.reports[name] = report
+        return report
+
+    def stage(self, stage: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self.model(stage, Path(manifest["paths"]["model"]), manifest["fingerprint"],
+                          self.output / stage / "eval")
+
+    def finish(self) -> str:
+        from pedray.eval.report import bar_chart, stage_table
+
+        table = stage_table(self.reports)
+        (self.output / "eval").mkdir(parents=True, exist_ok=True)
+        (self.output / "eval" / "stages.md").write_text(table + "\n", encoding="utf-8")
+        bar_chart({name: r["headline"] for name, r in self.reports.items()}, self.output / "eval" / "stages.png",
+                  "what each stage bought (same questions)")
+        return table

@@ -1,0 +1,77 @@
+"""Scores answered questions into a report: text metrics per set and task, accuracy per set and group."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+from pedray.eval.metrics import corpus_scores, extract_choices, extract_judgement
+
+Row = dict[str, Any]
+
+
+def _grouped(rows: Iterable[Row], key: str) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row[key] or "-"].append(row)
+    return dict(sorted(groups.items()))
+
+
+def judge_objective(row: Row) -> tuple[bool, bool]:
+    """(parsed, correct) of one choice or true/false answer; an unparseable answer is never correct."""
+    if row["kind"] == "choice":
+        picked = extract_choices(row["prediction"])
+        return picked is not None, picked == row["reference"]
+    verdict = extract_judgement(row["prediction"])
+    return verdict is not None, verdict is not None and verdict == (row["reference"] == "对")
+
+
+def accuracy(rows: list[Row]) -> dict[str, Any]:
+    """Accuracy x100 over every question (unparseable answers count as wrong), with the counts."""
+    judged = [judge_objective(row) for row in rows]
+    correct = sum(1 for _, ok in judged if ok)
+    return {"accuracy": 100 * correct / max(len(rows), 1), "correct": correct, "samples": len(rows),
+            "unparseable": sum(1 for parsed, _ in judged if not parsed)}
+
+
+def _text(rows: list[Row]) -> dict[str, Any]:
+    return corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+
+
+def score_set(rows: list[Row]) -> dict[str, Any]:
+    """One set's scores: `overall`, and `by_task` (text) or `by_group` and `by_answers` (objective)."""
+    kinds = {row["kind"] for row in rows}
+    if kinds == {"text"}:
+        out = {"kind": "text", "overall": _text(rows)}
+        by_task = _grouped(rows, "task")
+        if len(by_task) > 1:
+            out["by_task"] = {task: _text(part) for task, part in by_task.items()}
+        return out
+    if "text" in kinds:
+        raise ValueError(f"a set mixes open and objective questions ({sorted(kinds)}); split the file")
+    out = {"kind": "objective", "overall": accuracy(rows),
+           "by_group": {group: accuracy(part) for group, part in _grouped(rows, "group").items()}}
+    choice = [row for row in rows if row["kind"] == "choice"]
+    if choice:
+        out["by_answers"] = {label: accuracy(part) for label, part in
+                             (("single", [r for r in choice if len(r["reference"]) == 1]),
+                              ("multiple", [r for r in choice if len(r["reference"]) > 1])) if part}
+    return out
+
+
+def score_rows(rows: list[Row]) -> dict[str, dict[str, Any]]:
+    """Every set's scores, by set name."""
+    return {name: score_set(part) for name, part in _grouped(rows, "set").items()}
+
+
+def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The few numbers a stage comparison shows: BLEU-4 and ROUGE-L of text sets, accuracy of the others."""
+    out: dict[str, float] = {}
+    for name, entry in scores.items():
+        overall = entry["overall"]
+        if entry["kind"] == "text":
+            out[f"{name} BLEU-4"] = overall["bleu4"]
+            out[f"{name} ROUGE-L"] = overall["rougeL"]
+        else:
+            out[f"{name} accuracy"] = overall["accuracy"]
+    return out
