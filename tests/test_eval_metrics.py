@@ -68,3 +68,43 @@ def test_choice_extraction(text, expected):
 ])
 def test_judgement_extraction(text, expected):
     assert extract_judgement(text) == expected
+
+
+@pytest.mark.shared_data
+def test_metrics_equal_the_reference_libraries_batch_apis_on_real_answers(shared_data):
+    """On real PediaBench answers (a related answer, a truncated answer and an empty one as predictions),
+    our averages equal rouge-chinese's own `avg=True` scores and per-sample nltk calls. The one intended
+    difference: rouge-chinese's batch mode cannot take an empty prediction, so the reference practice
+    drops it; we score it zero and count it."""
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from nltk.translate.gleu_score import sentence_gleu
+    from rouge_chinese import Rouge
+
+    from pedray.eval.sets import pediabench_items
+
+    answers = [item["reference"] for item in pediabench_items(shared_data / "pediabench" / "essay_short_answer.xlsx",
+                                                               limit=40)]
+    references = answers[:30]
+    predictions = [answers[i + 1] for i in range(15)] + [a[: len(a) // 2] for a in answers[15:29]] + [""]
+    ours = corpus_scores(predictions, references)
+    assert ours["samples"] == 30 and ours["empty_predictions"] == 1
+
+    def words(text: str) -> list[str]:
+        return [w for w in jieba.cut(text) if w.strip()]
+
+    kept = [(words(p), words(r)) for p, r in zip(predictions, references) if p]
+    rouge = Rouge().get_scores([" ".join(h) for h, _ in kept], [" ".join(r) for _, r in kept], avg=True)
+    share = len(kept) / len(predictions)  # the empty prediction adds a zero to our average
+    assert ours["rouge1"] == pytest.approx(100 * rouge["rouge-1"]["f"] * share, rel=1e-9)
+    assert ours["rouge2"] == pytest.approx(100 * rouge["rouge-2"]["f"] * share, rel=1e-9)
+    assert ours["rougeL"] == pytest.approx(100 * rouge["rouge-l"]["f"] * share, rel=1e-9)
+    smooth = SmoothingFunction().method3
+    bleu4 = sum(sentence_bleu([r], h, smoothing_function=smooth) for h, r in kept) / len(predictions)
+    bleu2 = sum(sentence_bleu([r], h, weights=(0.5, 0.5), smoothing_function=smooth) for h, r in kept) / len(predictions)
+    gleu = sum(sentence_gleu([r], h) for h, r in kept) / len(predictions)
+    assert ours["bleu4"] == pytest.approx(100 * bleu4, rel=1e-9) and ours["bleu2"] == pytest.approx(100 * bleu2, rel=1e-9)
+    assert ours["gleu"] == pytest.approx(100 * gleu, rel=1e-9)
+    distinct2 = sum(len(set(zip(h, h[1:]))) / max(len(h) - 1, 1) for h, _ in kept) / len(predictions)
+    assert ours["distinct2"] == pytest.approx(100 * distinct2, rel=1e-9)
+    assert 0 < ours["bleu4"] < ours["bleu1"] < 100  # real, partially matching answers

@@ -46,14 +46,15 @@ def _registered_checkpoints(run_root: Path, stage: str) -> int:
 
 
 def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp_path, capsys):
-    """All four stages in one process (num_workers=0): losses fall, artifacts reload, a rerun skips."""
+    """All four stages in one process (num_workers=0): losses fall, artifacts reload, every stage and the
+    base model are evaluated on the same questions, a rerun skips the training and the evaluation."""
     from transformers import AutoModelForCausalLM
 
     from pedray.model.mouse_io import load_mouse
-    from pedray.train.chain import train_all
+    from pedray.train.chain import run
 
     recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "scaling.num_workers=0"])
-    manifests = train_all(recipe)
+    manifests = run(recipe)
     assert list(manifests) == ["cpt", "sft", "dfpo", "mouse"]
     for stage, manifest in manifests.items():
         assert manifest["status"] == "complete" and manifest["steps"] == recipe.stage(stage).max_steps
@@ -73,9 +74,18 @@ def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp
     routing = json.loads((adapters / "routing.json").read_text())
     assert sum(routing["tokens"].values()) > 0 and len(routing["layers"]) == len(mouse.targets)
 
-    capsys.readouterr()
-    again = train_all(recipe)
-    assert capsys.readouterr().out.count("complete already") == 4
+    printed = capsys.readouterr().out
+    table = (tmp_path / "eval" / "stages.md").read_text()
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["base", "cpt", "sft", "dfpo", "mouse"]
+    assert "heldout ROUGE-L" in table and table in printed and (tmp_path / "eval" / "stages.png").is_file()
+    for stage in manifests:
+        report = json.loads((tmp_path / stage / "eval" / "report.json").read_text())
+        assert report["scores"]["heldout"]["overall"]["samples"] == 10  # 2 held-out questions x 5 tasks
+        assert report["model"] == manifests[stage]["paths"]["model"]
+
+    again = run(recipe)
+    printed = capsys.readouterr().out
+    assert printed.count("complete already") == 4 and "[eval]" not in printed  # reports reused
     assert again["mouse"]["fingerprint"] == manifests["mouse"]["fingerprint"]
 
 
@@ -113,7 +123,7 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     status.mkdir()
     command = [sys.executable, str(REPO / "jobs" / "train_all.py"), "--config", str(TINY), "--output-dir",
                str(tmp_path / "out"), "--stages", "cpt,sft", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
-               "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4"]
+               "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4", "eval.after_stages=false"]
     env = dict(os.environ, PEDRAY_STATUS_DIR=str(status))
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

@@ -233,7 +233,7 @@ class EvalConfig:
     """Evaluate on the held-out split of the training corpus, per task."""
     after_stages: bool = True
     """train_all evaluates the base model and every stage's model, and ends with a comparison table."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Questions per batched, KV-cached generate call."""
     actors: int = 0
     """Model replicas in the Ray Data actor pool (0: one per free CPU)."""

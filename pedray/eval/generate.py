@@ -103,7 +103,7 @@ def actor_layout(actors: int = 0) -> tuple[int, int]:
 
 
 def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new_tokens: int,
-                     batch_size: int = 16, actors: int = 0) -> list[dict[str, Any]]:
+                     batch_size: int = 32, actors: int = 0) -> list[dict[str, Any]]:
     """Answers from a Ray Data actor pool of model replicas, `batch_size` questions a forward pass.
 
     Needs Ray initialised (`ensure_ray`). Questions are sorted by length first; results come back in
