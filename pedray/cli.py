@@ -122,6 +122,20 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pedray.config import load_recipe
+    from pedray.serve.run import default_model, start
+
+    overrides = list(args.overrides) + [f"serve.{k}={v}" for k, v in (("host", args.host), ("port", args.port))
+                                        if v is not None]
+    recipe = load_recipe(args.config, overrides)
+    model = args.model or default_model(recipe)
+    print(f"serving {model} at http://{recipe.serve.host}:{recipe.serve.port}/v1 (OpenAI chat API); Ctrl-C stops",
+          flush=True)
+    start(model, recipe, blocking=True)
+    return 0
+
+
 def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe (jobs/*.yaml); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=256")
@@ -190,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--limit", type=int, default=0, help="judge only the first N questions (0 = all)")
     judge.add_argument("--out", default="judge.json")
     judge.set_defaults(func=cmd_judge)
+
+    server = verbs.add_parser("serve", help="Ray Serve: OpenAI-compatible chat API (router + expert replicas)")
+    server.add_argument("--model", default=None, help="model folder (default: the recipe run's newest stage model)")
+    server.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=None)
+    _add_recipe(server)
+    server.set_defaults(func=cmd_serve)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

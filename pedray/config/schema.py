@@ -216,9 +216,29 @@ class ServeConfig:
     """When set, requests need `Authorization: Bearer <api_key>`."""
     max_tokens_limit: int = 1024
     """Largest max_tokens a request may ask for."""
+    default_max_tokens: int = 256
+    """max_tokens of a request that does not say."""
+    model_name: str = "pedray"
+    """The model id clients name (GET /v1/models)."""
+    max_batch_size: int = 8
+    """Requests an expert replica decodes together (Serve dynamic batching)."""
+    batch_wait_s: float = 0.02
+    """How long a replica waits for more requests before starting a batch."""
+    expert_cpus: float = 1.0
+    """CPUs reserved per expert replica (its torch threads: at least 1)."""
+    min_replicas: int = 1
+    """Autoscaling floor of each expert deployment."""
+    max_replicas: int = 1
+    """Autoscaling ceiling of each expert deployment (above min_replicas turns autoscaling on)."""
+    target_ongoing_requests: int = 4
+    """Autoscaling target: in-flight requests per replica."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port must be in 1..65535")
+        _check(1 <= self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens must be in [1, max_tokens_limit]")
+        _check(self.max_batch_size >= 1, "max_batch_size must be positive")
+        _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
+               "need 0 <= min_replicas <= max_replicas, max_replicas >= 1")
 
 
 @dataclass

@@ -1,0 +1,208 @@
+"""The Ray Serve application: a router (FastAPI ingress, the OpenAI chat API) in front of expert
+deployments, one per route.
+
+Experts: a task-gated MoUSE adapter is merged into one plain model per task (no adapter cost at
+serving time); a token-routed MoUSE adapter or a plain model is served whole by one expert that takes
+every route. Each expert deployment has its own replicas and autoscaling.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations at runtime
+# (a string `Request` inside a Serve ingress class turns into a required query parameter).
+import asyncio
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any, AsyncGenerator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from pedray.config.schema import ServeConfig
+from pedray.serve import safety
+from pedray.serve.api import APIError, chunk, completion, parse_chat
+from pedray.vocab import TASKS
+
+
+@serve.deployment
+class Expert:
+    """One model behind Serve's dynamic batching: requests that arrive together decode together."""
+
+    def __init__(self, model_dir: str, name: str, max_batch_size: int, batch_wait_s: float, threads: int) -> None:
+        from pedray.serve.engine import HFEngine
+
+        self.name = name
+        self.engine = HFEngine(model_dir, threads)
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _batched(self, requests: list[dict[str, Any]]) -> AsyncGenerator[list, None]:
+        from pedray.serve.engine import GenRequest
+
+        steps = self.engine.stream([GenRequest(**r) for r in requests])
+        while True:
+            step = await asyncio.to_thread(next, steps, None)
+            if step is None:
+                return
+            yield [StopIteration if item is None else item for item in step]
+
+    async def generate(self, request: dict[str, Any]) -> AsyncGenerator[tuple[str, str | None], None]:
+        """(text delta, finish reason or None) items for one request."""
+        async for item in self._batched(request):
+            yield item
+
+    def ready(self) -> str:
+        return self.name
+
+
+app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Router:
+    """The OpenAI-compatible front: validates, picks the route, forwards to that route's expert."""
+
+    def __init__(self, experts: dict[str, Any], routes: dict[str, str], tokenizer_dir: str, classifier: str,
+                 cfg: dict[str, Any]) -> None:
+        from pedray.model.build import load_tokenizer
+        from pedray.serve.classify import TaskClassifier
+
+        self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
+        self.ready_handles = experts
+        self.routes, self.cfg = routes, ServeConfig(**cfg)
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.context = int(json.loads((Path(tokenizer_dir) / "config.json").read_text())
+                           .get("max_position_embeddings", 2048))
+        self.classifier = TaskClassifier.load(classifier)
+        self.counts = {task: 0 for task in TASKS}
+        from ray.serve.metrics import Counter
+
+        self.metric = Counter("pedray_route_requests", description="chat requests per route and expert",
+                              tag_keys=("route", "expert"))
+
+    def _auth(self, request: Request) -> None:
+        if self.cfg.api_key and request.headers.get("authorization") != f"Bearer {self.cfg.api_key}":
+            raise APIError(401, "missing or wrong API key (Authorization: Bearer <key>)", kind="authentication_error",
+                           code="invalid_api_key")
+
+    @app.get("/health")
+    def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        try:
+            names = await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.ready_handles.values())), 10)
+        except Exception as err:  # an expert that cannot answer makes the app not ready
+            return JSONResponse({"status": "not ready", "reason": f"{type(err).__name__}: {err}"}, status_code=503)
+        return JSONResponse({"status": "ready", "experts": sorted(names)})
+
+    @app.get("/v1/models")
+    def models(self, request: Request) -> JSONResponse:
+        try:
+            self._auth(request)
+        except APIError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse({"object": "list", "data": [{"id": self.cfg.model_name, "object": "model",
+                                                           "owned_by": "pedray"}]})
+
+    @app.get("/v1/routes")
+    def route_counts(self) -> dict[str, Any]:
+        """Requests per route seen by this router replica, and the expert each route goes to."""
+        return {"counts": self.counts, "routes": self.routes}
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        try:
+            self._auth(request)
+            chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens)
+            prompt = self.tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(prompt_ids) + chat.max_tokens > self.context:
+                raise APIError(400, f"prompt of {len(prompt_ids)} tokens plus max_tokens {chat.max_tokens} exceeds "
+                               f"the model's context of {self.context} tokens", code="context_length_exceeded",
+                               param="messages")
+        except APIError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        asked = "\n".join(m["content"] for m in chat.messages if m["role"] == "user")
+        route = chat.task or self.classifier.predict(chat.messages[-1]["content"])
+        expert = self.routes[route]
+        self.counts[route] += 1
+        self.metric.inc(tags={"route": route, "expert": expert})
+        info = {"route": route, "expert": expert, "red_flags": safety.red_flags(asked)}
+        headers = {"X-Pedray-Route": route, "X-Pedray-Expert": expert}
+        job = {"prompt_ids": prompt_ids, "max_tokens": chat.max_tokens, "temperature": chat.temperature,
+               "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed}
+        pieces = self.experts[expert].generate.remote(job)
+        model = chat.model or self.cfg.model_name
+        if chat.stream:
+            return StreamingResponse(self._sse(pieces, model, info), media_type="text/event-stream", headers=headers)
+        answer, finish = [], "stop"
+        async for delta, reason in pieces:
+            answer.append(delta)
+            finish = reason or finish
+        text = safety.wrap("".join(answer), info["red_flags"])
+        used = len(self.tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
+        return JSONResponse(completion(model, text, finish, len(prompt_ids), used, info), headers=headers)
+
+    async def _sse(self, pieces, model: str, info: dict[str, Any]) -> AsyncGenerator[str, None]:
+        id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        yield chunk(id, model, {"role": "assistant", "content": safety.preface(info["red_flags"])}, pedray=info)
+        finish = "stop"
+        async for delta, reason in pieces:
+            finish = reason or finish
+            if delta:
+                yield chunk(id, model, {"content": delta})
+        yield chunk(id, model, {"content": safety.closing()})
+        yield chunk(id, model, {}, finish_reason=finish)
+        yield "data: [DONE]\n\n"
+
+
+def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """(expert name -> model folder, route -> expert name, tokenizer folder) for a model folder.
+
+    A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes).
+    """
+    from pedray.model.mouse_io import ADAPTER_FILE, CONFIG_FILE, load_mouse, merge_tasks, read_config
+
+    model_dir = Path(model_dir)
+    if not (model_dir / CONFIG_FILE).is_file():
+        return {"model": str(model_dir)}, dict.fromkeys(TASKS, "model"), str(model_dir)
+    config = read_config(model_dir)
+    base = str(config["base_model"])
+    if config["lora"].get("gating") != "task":
+        return {"mouse": str(model_dir)}, dict.fromkeys(TASKS, "mouse"), base
+    digest = hashlib.sha256((model_dir / ADAPTER_FILE).read_bytes()).hexdigest()[:12]
+    folder = cache / f"merged-{digest}"
+    if not all((folder / task / "config.json").is_file() for task in config["tasks"]):
+        from pedray.model.build import load_tokenizer
+
+        merge_tasks(load_mouse(model_dir), folder, load_tokenizer(base))
+    experts = {task: str(folder / task) for task in config["tasks"]}
+    return experts, {task: task for task in TASKS if task in experts}, base
+
+
+def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], cache: Path):
+    """The Serve application for a model folder: its experts, the task classifier, the router."""
+    from pedray.serve.classify import TaskClassifier, corpus_examples
+
+    cache.mkdir(parents=True, exist_ok=True)
+    experts, routes, tokenizer_dir = expert_layout(model_dir, cache)
+    classifier = cache / "task_classifier.json"
+    TaskClassifier.fit(corpus_examples(corpus_dirs)).save(classifier)
+    scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas or 1}
+    if cfg.max_replicas > max(cfg.min_replicas, 1):
+        scaling = {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                          "target_ongoing_requests": cfg.target_ongoing_requests}}
+    threads = max(1, int(cfg.expert_cpus))
+    handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
+                                    max_ongoing_requests=4 * cfg.max_batch_size, **scaling)
+               .bind(path, name, cfg.max_batch_size, cfg.batch_wait_s, threads)
+               for name, path in experts.items()}
+    import dataclasses
+
+    return Router.options(ray_actor_options={"num_cpus": 0}).bind(
+        handles, routes, tokenizer_dir, str(classifier), dataclasses.asdict(cfg))

@@ -1,0 +1,36 @@
+"""`pedray serve`: start the Serve app for a model folder (default: the newest model of a recipe's run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pedray.config.schema import Recipe
+
+
+def default_model(recipe: Recipe) -> Path:
+    """The last completed stage's model of the recipe's run (mouse, else dfpo, sft, cpt)."""
+    from pedray.train.runner import read_manifest
+
+    for stage in ("mouse", "dfpo", "sft", "cpt"):
+        manifest = read_manifest(Path(recipe.output_dir) / stage)
+        if manifest and manifest.get("status") == "complete":
+            return Path(manifest["paths"]["model"])
+    raise FileNotFoundError(f"no trained model under {recipe.output_dir}: train one first with "
+                            f"`python jobs/train_all.py` (or `make demo`), or pass --model DIR")
+
+
+def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_name: str = "pedray") -> str:
+    """Deploy the app on the running (or a new local) Ray; returns the base URL of its OpenAI API."""
+    from ray import serve
+
+    from pedray.cache import cache_root
+    from pedray.data.preview import ensure_ray
+    from pedray.serve.app import build_app
+    from pedray.workspace import corpus_dirs
+
+    cfg = recipe.serve
+    ensure_ray()
+    application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(application, name=app_name, route_prefix="/", blocking=blocking)
+    return f"http://{cfg.host}:{cfg.port}/v1"

@@ -1,0 +1,148 @@
+"""The Serve app for real on 127.0.0.1: the official `openai` client, streaming, routes, safety, bad input,
+API keys, dynamic batching, and a task-gated MoUSE adapter served as merged per-task experts."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from pedray.config import load_recipe
+from pedray.vocab import DISCLAIMER, URGENT_NOTICE
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, tiny_model_dir, small_corpus, tmp_path_factory):
+    """Two apps on one Serve instance: the plain tiny model at /, a task-gated MoUSE adapter (API key)
+    at /mouse."""
+    from ray import serve
+
+    from pedray.config.schema import LoraConfig
+    from pedray.model.build import load_model
+    from pedray.model.mouse import attach_mouse
+    from pedray.model.mouse_io import save_mouse
+    from pedray.serve.app import build_app
+
+    port = _free_port()
+    cache = tmp_path_factory.mktemp("serve-cache")
+    common = [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=0.1", "serve.max_tokens_limit=64",
+              "serve.default_max_tokens=16", f"serve.port={port}"]
+    plain = load_recipe(None, common)
+    keyed = load_recipe(None, common + ["serve.api_key=secret"])
+    model = attach_mouse(load_model(tiny_model_dir), LoraConfig(rank=4, num_experts=2, gating="task"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.adapter_state().values():
+            parameter.normal_(std=0.2)
+    adapter = save_mouse(model, tmp_path_factory.mktemp("adapter"), base_model=str(tiny_model_dir))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(tiny_model_dir, plain.serve, [small_corpus], cache), name="plain", route_prefix="/")
+    serve.run(build_app(adapter, keyed.serve, [small_corpus], cache), name="mouse", route_prefix="/mouse")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _client(base: str, key: str = "none"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+ASK = [{"role": "user", "content": "孩子发烧两天了，还流鼻涕，怎么办？"}]
+
+
+def test_openai_client_non_streaming_and_streaming_give_the_same_answer(served):
+    client = _client(served)
+    raw = client.chat.completions.with_raw_response.create(model="pedray", messages=ASK, max_tokens=12)
+    whole = raw.parse()
+    content = whole.choices[0].message.content
+    assert content.endswith(DISCLAIMER) and not content.startswith(URGENT_NOTICE)
+    info = whole.model_extra["pedray"]
+    assert raw.headers["x-pedray-route"] == info["route"] and raw.headers["x-pedray-expert"] == "model"
+    assert whole.usage.prompt_tokens > 0 and 0 < whole.usage.completion_tokens <= 12
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(model="pedray", messages=ASK, max_tokens=12, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == content  # greedy: the stream adds up to the whole answer, disclaimer included
+    assert len(chunks) >= 4 and chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert [m.id for m in client.models.list().data] == ["pedray"]
+
+
+def test_red_flags_put_urgent_care_first_in_both_modes(served):
+    client = _client(served)
+    urgent = [{"role": "user", "content": "孩子高烧后抽搐了两分钟，现在很困"}]
+    whole = client.chat.completions.create(model="pedray", messages=urgent, max_tokens=4)
+    assert whole.choices[0].message.content.startswith(URGENT_NOTICE)
+    assert whole.model_extra["pedray"]["red_flags"] == ["convulsions"]
+    first = next(iter(client.chat.completions.create(model="pedray", messages=urgent, max_tokens=4, stream=True)))
+    assert first.choices[0].delta.content.startswith(URGENT_NOTICE)
+
+
+def test_route_from_the_request_field_or_the_classifier_and_counted(served):
+    client = _client(served)
+    before = httpx.get(f"{served}/v1/routes").json()["counts"]
+    chosen = client.chat.completions.create(model="pedray", messages=ASK, max_tokens=2, extra_body={"task": "evidiag"})
+    assert chosen.model_extra["pedray"]["route"] == "evidiag"
+    after = httpx.get(f"{served}/v1/routes").json()["counts"]
+    assert after["evidiag"] == before["evidiag"] + 1
+
+
+def test_bad_input_is_a_4xx_with_an_openai_error_body_never_a_5xx(served):
+    url = f"{served}/v1/chat/completions"
+    bad = [b"{oops", b"\xff\xfe\x00", json.dumps({"messages": []}).encode(),
+           json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(),
+           json.dumps({"messages": [{"role": "user", "content": {"a": 1}}]}).encode(),
+           json.dumps({"messages": ASK, "max_tokens": 100000}).encode(),
+           json.dumps({"messages": [{"role": "user", "content": "咳" * 5000}], "max_tokens": 8}).encode()]
+    for body in bad:
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+        assert response.status_code == 400, (body[:40], response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    too_long = httpx.post(url, content=bad[-1], headers={"content-type": "application/json"}, timeout=60).json()
+    assert too_long["error"]["code"] == "context_length_exceeded"
+    assert httpx.get(f"{served}/v1/nothing-here").status_code == 404
+    assert httpx.get(f"{served}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{served}/ready", timeout=30).json()["status"] == "ready"
+
+
+def test_concurrent_requests_are_batched_and_answer_as_alone(served):
+    client = _client(served)
+    questions = [[{"role": "user", "content": q}] for q in ("孩子咳嗽", "宝宝腹泻三天", "发烧39度", "孩子不吃饭")]
+    alone = [client.chat.completions.create(model="pedray", messages=m, max_tokens=10, extra_body={"task": "general"})
+             .choices[0].message.content for m in questions]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda m: client.chat.completions.create(
+            model="pedray", messages=m, max_tokens=10, extra_body={"task": "general"}).choices[0].message.content,
+            questions))
+    assert together == alone
+
+
+def test_task_gated_mouse_is_served_as_merged_experts_behind_an_api_key(served):
+    from openai import AuthenticationError
+
+    base = f"{served}/mouse"
+    with pytest.raises(AuthenticationError):
+        _client(base, "wrong").chat.completions.create(model="pedray", messages=ASK, max_tokens=2)
+    assert httpx.post(f"{base}/v1/chat/completions", json={"messages": ASK}).status_code == 401
+    client = _client(base, "secret")
+    routes = httpx.get(f"{base}/v1/routes").json()["routes"]
+    assert routes == {t: t for t in ("medkqa", "evidiag", "trerecom", "dialogue", "general")}
+    answers = {}
+    for task in ("medkqa", "dialogue"):
+        reply = client.chat.completions.create(model="pedray", messages=ASK, max_tokens=8, extra_body={"task": task})
+        assert reply.model_extra["pedray"]["expert"] == task
+        answers[task] = reply.choices[0].message.content
+    assert answers["medkqa"] != answers["dialogue"]  # different merged experts, different weights
+    assert sorted(httpx.get(f"{base}/ready", timeout=30).json()["experts"]) == sorted(routes)

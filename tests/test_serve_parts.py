@@ -1,0 +1,103 @@
+"""Serving parts without Serve: red flags, the task classifier, request validation, the batched engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pedray.serve.api import APIError, parse_chat
+from pedray.serve.safety import red_flag_rules, red_flags, wrap
+from pedray.vocab import DISCLAIMER, URGENT_NOTICE
+
+
+@pytest.mark.parametrize("text, flags", [
+    ("孩子发烧后突然抽搐，眼睛上翻", ["convulsions"]),
+    ("宝宝5个月，拉肚子两天，今天一直没有尿", ["infant_dehydration"]),
+    ("孩子七岁了，今天尿少，是不是喝水少", []),                 # a dehydration sign, but not an infant
+    ("刚出生十天的新生儿发烧38.5度", ["newborn_fever"]),
+    ("孩子喘不上气，嘴唇发紫", ["breathing_difficulty"]),
+    ("叫不醒，一直昏睡", ["altered_consciousness"]),
+    ("孩子有点咳嗽，流鼻涕", []),
+])
+def test_red_flags_are_data_and_match_in_context(text, flags):
+    assert red_flags(text) == flags
+
+
+def test_every_answer_has_the_disclaimer_and_red_flags_put_urgent_care_first():
+    assert set(red_flag_rules()) >= {"breathing_difficulty", "convulsions", "altered_consciousness", "infant_dehydration"}
+    urgent = wrap("多喝水。", ["convulsions"])
+    assert urgent.startswith(URGENT_NOTICE) and urgent.endswith(DISCLAIMER)
+    calm = wrap("多喝水。", [])
+    assert calm.startswith("多喝水") and calm.endswith(DISCLAIMER)
+
+
+def test_task_classifier_learns_the_corpus_task_labels(small_corpus, tmp_path):
+    from pedray.serve.classify import TaskClassifier, corpus_examples
+
+    classifier = TaskClassifier.fit(corpus_examples([small_corpus]))
+    held_out = corpus_examples([small_corpus], "test")
+    accuracy = sum(classifier.predict(text) == task for text, task in held_out) / len(held_out)
+    assert len(held_out) >= 50 and accuracy >= 0.9
+    classifier.save(tmp_path / "c.json")
+    again = TaskClassifier.load(tmp_path / "c.json")
+    assert all(again.scores(t) == pytest.approx(classifier.scores(t)) for t, _ in held_out[:5])
+
+
+def _body(**fields) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": "孩子发烧怎么办"}], **fields}).encode()
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b"{not json", None), (b"\xff\xfe\x00", None), (b"[1, 2]", None),
+    (json.dumps({"model": "x"}).encode(), "messages"), (json.dumps({"messages": []}).encode(), "messages"),
+    (json.dumps({"messages": [{"role": "doctor", "content": "x"}]}).encode(), "messages[0].role"),
+    (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}).encode(),
+     "messages"),
+    (_body(max_tokens=10**9), "max_tokens"), (_body(max_tokens=0), "max_tokens"), (_body(max_tokens="5"), "max_tokens"),
+    (_body(temperature=-1), "temperature"), (_body(top_p=0), "top_p"), (_body(stop=[1]), "stop"),
+    (_body(task="surgery"), "task"), (_body(stream="yes"), "stream"),
+])
+def test_bad_requests_are_400_with_the_offending_field(raw, param):
+    with pytest.raises(APIError) as caught:
+        parse_chat(raw, max_tokens_limit=512)
+    assert caught.value.status == 400 and caught.value.param == param
+    assert caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_good_request_is_parsed_with_defaults():
+    chat = parse_chat(_body(stop="。", task="evidiag", max_tokens=12), max_tokens_limit=512)
+    assert chat.stop == ["。"] and chat.task == "evidiag" and chat.max_tokens == 12 and chat.temperature == 0.0
+    parts = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "孩子"}]}]}).encode()
+    assert parse_chat(parts, 512).messages[0]["content"] == "孩子"
+
+
+def test_engine_batches_with_per_request_settings(tiny_model_dir):
+    """Batched decoding gives every greedy row the answer it gets alone; stop strings, token budgets
+    and seeds apply per row."""
+    from pedray.serve.engine import GenRequest, HFEngine
+
+    engine = HFEngine(str(tiny_model_dir), threads=1)
+    prompts = [engine.encode([{"role": "user", "content": q}]) for q in ("孩子发烧", "宝宝咳嗽有痰怎么办", "腹泻")]
+
+    def run(requests):
+        texts, reasons = [""] * len(requests), [None] * len(requests)
+        for step in engine.stream(requests):
+            for i, item in enumerate(step):
+                if item is not None:
+                    texts[i] += item[0]
+                    reasons[i] = item[1] or reasons[i]
+        return texts, reasons
+
+    alone = [run([GenRequest(p, max_tokens=12)])[0][0] for p in prompts]
+    together, reasons = run([GenRequest(p, max_tokens=12) for p in prompts])
+    assert together == alone and all(r in ("length", "stop") for r in reasons)
+    short, reasons = run([GenRequest(prompts[0], max_tokens=3), GenRequest(prompts[1], max_tokens=12)])
+    assert reasons[0] == "length" and short[1] == alone[1]
+    sampled = [run([GenRequest(prompts[1], max_tokens=10, temperature=1.0, top_p=0.9, seed=7)])[0][0] for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    if alone[1]:
+        stop = alone[1][len(alone[1]) // 2]
+        cut, reasons = run([GenRequest(prompts[1], max_tokens=12, stop=[stop])])
+        assert cut[0] == alone[1][: alone[1].index(stop)] and reasons == ["stop"]
