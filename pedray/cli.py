@@ -111,7 +111,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     pairs = answer_pairs(args.answers_1, args.answers_2)[: args.limit or None]
     result = compare(pairs, args.url, args.model, os.environ.get(args.api_key_env) or "none", args.retries,
-                     args.concurrency)
+                     args.concurrency, max_tokens=args.max_tokens)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     judge.add_argument("--retries", type=int, default=2, help="re-asks after a reply without a verdict")
     judge.add_argument("--concurrency", type=int, default=4)
+    judge.add_argument("--max-tokens", type=int, default=512, help="length of each judge reply")
     judge.add_argument("--limit", type=int, default=0, help="judge only the first N questions (0 = all)")
     judge.add_argument("--out", default="judge.json")
     judge.set_defaults(func=cmd_judge)

@@ -146,3 +146,16 @@ def test_task_gated_mouse_is_served_as_merged_experts_behind_an_api_key(served):
         answers[task] = reply.choices[0].message.content
     assert answers["medkqa"] != answers["dialogue"]  # different merged experts, different weights
     assert sorted(httpx.get(f"{base}/ready", timeout=30).json()["experts"]) == sorted(routes)
+
+
+def test_llm_judge_runs_against_our_own_serve_app(served):
+    """The judge of `pedray judge` through this app: the tiny model's replies carry no verdict, so the
+    pair is asked again and then counted as unparseable, never guessed."""
+    from pedray.eval.judge import compare
+
+    pairs = [{"id": "q1", "question": "孩子发烧怎么办？", "answer_1": "多喝水，观察精神状态。", "answer_2": "多喝水。"}]
+    result = compare(pairs, f"{served}/v1", "pedray", retries=1, max_tokens=16)
+    judged = result["judged"][0]
+    assert all(reply.endswith(DISCLAIMER) for reply in judged["replies"])  # answered by this app
+    assert (judged["outcome"] == "unparseable") == (None in judged["verdicts"])
+    assert result["pairs"] == 1 and result["win"] + result["tie"] + result["loss"] + result["unparseable"] == 1

@@ -66,10 +66,11 @@ def judge_once(client, model: str, question: str, answer_a: str, answer_b: str, 
     return None, replies
 
 
-def judge_pair(client, model: str, question: str, answer_1: str, answer_2: str, retries: int = 2) -> dict[str, Any]:
+def judge_pair(client, model: str, question: str, answer_1: str, answer_2: str, retries: int = 2,
+               max_tokens: int = 512) -> dict[str, Any]:
     """Both orders of one pair; `outcome` for model 1: "win", "tie", "loss" or "unparseable"."""
-    first, first_replies = judge_once(client, model, question, answer_1, answer_2, retries)
-    second, second_replies = judge_once(client, model, question, answer_2, answer_1, retries)
+    first, first_replies = judge_once(client, model, question, answer_1, answer_2, retries, max_tokens)
+    second, second_replies = judge_once(client, model, question, answer_2, answer_1, retries, max_tokens)
     if first is None or second is None:
         outcome = "unparseable"
     else:
@@ -80,19 +81,19 @@ def judge_pair(client, model: str, question: str, answer_1: str, answer_2: str, 
 
 
 def compare(pairs: list[dict[str, str]], url: str, model: str, api_key: str = "none", retries: int = 2,
-            concurrency: int = 4, timeout: float = 120.0) -> dict[str, Any]:
+            concurrency: int = 4, timeout: float = 120.0, max_tokens: int = 512) -> dict[str, Any]:
     """Judge `pairs` ({id, question, answer_1, answer_2}) at `url`; counts, rates and every verdict."""
     from openai import OpenAI
 
     client = OpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=1)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         judged = list(pool.map(lambda p: {"id": p["id"], **judge_pair(client, model, p["question"], p["answer_1"],
-                                                                      p["answer_2"], retries)}, pairs))
+                                                                      p["answer_2"], retries, max_tokens)}, pairs))
     counts = {key: sum(1 for j in judged if j["outcome"] == key) for key in ("win", "tie", "loss", "unparseable")}
     decided = len(judged) - counts["unparseable"]
     both = [j for j in judged if None not in j["verdicts"]]
     return {
-        "judge": {"url": url, "model": model, "retries": retries}, "pairs": len(judged), **counts,
+        "judge": {"url": url, "model": model, "retries": retries, "max_tokens": max_tokens}, "pairs": len(judged), **counts,
         "win_rate": 100 * counts["win"] / decided if decided else 0.0,
         "tie_rate": 100 * counts["tie"] / decided if decided else 0.0,
         "loss_rate": 100 * counts["loss"] / decided if decided else 0.0,

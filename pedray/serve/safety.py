@@ -40,4 +40,5 @@ def closing() -> str:
 
 
 def wrap(answer: str, flags: list[str]) -> str:
-    return preface(flags) + answer.strip() + closing()
+    """The whole answer as sent; the same text a streamed answer adds up to (nothing is stripped)."""
+    return preface(flags) + answer + closing()
