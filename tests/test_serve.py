@@ -25,8 +25,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(ray_local, tiny_model_dir, small_corpus, tmp_path_factory):
-    """Two apps on one Serve instance: the plain tiny model at /, a task-gated MoUSE adapter (API key)
-    at /mouse."""
+    """Two apps on one Serve instance: the plain tiny model at / (two expert replicas), a task-gated MoUSE
+    adapter (API key) at /mouse."""
     from ray import serve
 
     from pedray.config.schema import LoraConfig
@@ -39,7 +39,7 @@ def served(ray_local, tiny_model_dir, small_corpus, tmp_path_factory):
     cache = tmp_path_factory.mktemp("serve-cache")
     common = [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=0.1", "serve.max_tokens_limit=64",
               "serve.default_max_tokens=16", f"serve.port={port}"]
-    plain = load_recipe(None, common)
+    plain = load_recipe(None, common + ["serve.min_replicas=2", "serve.max_replicas=2"])
     keyed = load_recipe(None, common + ["serve.api_key=secret"])
     model = attach_mouse(load_model(tiny_model_dir), LoraConfig(rank=4, num_experts=2, gating="task"))
     torch.manual_seed(0)
@@ -159,3 +159,61 @@ def test_llm_judge_runs_against_our_own_serve_app(served):
     assert all(reply.endswith(DISCLAIMER) for reply in judged["replies"])  # answered by this app
     assert (judged["outcome"] == "unparseable") == (None in judged["verdicts"])
     assert result["pairs"] == 1 and result["win"] + result["tie"] + result["loss"] + result["unparseable"] == 1
+
+
+def test_gradio_chat_streams_through_the_app(served, tmp_path):
+    """ui/app.py in its own process on 127.0.0.1, driven with gradio_client: the answer comes from the
+    Serve app (disclaimer) and names its route and expert."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    port = _free_port()
+    ui = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+    process = subprocess.Popen([sys.executable, str(ui), "--api", f"{served}/v1", "--port", str(port),
+                                "--max-tokens", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline and process.poll() is None, "the Gradio app did not come up"
+            time.sleep(1)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        answer = client.predict(message="孩子发烧两天了怎么办？", api_name="/chat")
+        assert DISCLAIMER in answer and "路由" in answer and "专家 model" in answer
+        urgent = client.predict(message="孩子抽搐了", api_name="/chat")
+        assert urgent.startswith(URGENT_NOTICE)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_killed_expert_replica_costs_no_failed_request(served):
+    """One of the two expert replicas is SIGKILLed; the next requests all succeed with the answers they
+    had before (the router retries on the surviving replica) and nothing returns a 5xx."""
+    import os
+    import signal
+
+    from ray import serve
+
+    client = _client(served)
+    questions = [[{"role": "user", "content": f"孩子第{i}天咳嗽怎么办"}] for i in range(6)]
+    before = [client.chat.completions.create(model="pedray", messages=m, max_tokens=6).choices[0].message.content
+              for m in questions]
+    handle = serve.get_deployment_handle("expert-model", app_name="plain")
+    pids = {handle.whoami.remote().result()["pid"] for _ in range(12)}
+    assert len(pids) == 2
+    os.kill(sorted(pids)[0], signal.SIGKILL)
+    after = []
+    for message in questions:
+        response = httpx.post(f"{served}/v1/chat/completions", json={"messages": message, "max_tokens": 6}, timeout=120)
+        assert response.status_code == 200, response.text
+        after.append(response.json()["choices"][0]["message"]["content"])
+    assert after == before

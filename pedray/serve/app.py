@@ -11,6 +11,7 @@ every route. Each expert deployment has its own replicas and autoscaling.
 import asyncio
 import hashlib
 import json
+import secrets
 import uuid
 from pathlib import Path
 from typing import Any, AsyncGenerator
@@ -56,6 +57,12 @@ class Expert:
     def ready(self) -> str:
         return self.name
 
+    def whoami(self) -> dict[str, Any]:
+        """This replica's expert name and process id (for operators, and tests that stop a replica)."""
+        import os
+
+        return {"expert": self.name, "pid": os.getpid()}
+
 
 app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
 
@@ -78,6 +85,7 @@ class Router:
                            .get("max_position_embeddings", 2048))
         self.classifier = TaskClassifier.load(classifier)
         self.counts = {task: 0 for task in TASKS}
+        self.retries = 0
         from ray.serve.metrics import Counter
 
         self.metric = Counter("pedray_route_requests", description="chat requests per route and expert",
@@ -112,7 +120,7 @@ class Router:
     @app.get("/v1/routes")
     def route_counts(self) -> dict[str, Any]:
         """Requests per route seen by this router replica, and the expert each route goes to."""
-        return {"counts": self.counts, "routes": self.routes}
+        return {"counts": self.counts, "routes": self.routes, "retries": self.retries}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -136,7 +144,9 @@ class Router:
         headers = {"X-Pedray-Route": route, "X-Pedray-Expert": expert}
         job = {"prompt_ids": prompt_ids, "max_tokens": chat.max_tokens, "temperature": chat.temperature,
                "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed}
-        pieces = self.experts[expert].generate.remote(job)
+        if job["temperature"] > 0 and job["seed"] is None:  # a retry must be able to repeat the same text
+            job["seed"] = secrets.randbelow(2**31)
+        pieces = self._pieces(expert, job)
         model = chat.model or self.cfg.model_name
         if chat.stream:
             return StreamingResponse(self._sse(pieces, model, info), media_type="text/event-stream", headers=headers)
@@ -147,6 +157,28 @@ class Router:
         text = safety.wrap("".join(answer), info["red_flags"])
         used = len(self.tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
         return JSONResponse(completion(model, text, finish, len(prompt_ids), used, info), headers=headers)
+
+    async def _pieces(self, expert: str, job: dict[str, Any], attempts: int = 3) -> AsyncGenerator[tuple, None]:
+        """The expert's (delta, finish reason) items. A replica that dies mid-request is replaced: the request
+        runs again on another replica and the text already passed on is skipped (decoding is greedy or
+        seeded, so it repeats itself)."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        passed = ""
+        for attempt in range(attempts):
+            produced = ""
+            try:
+                async for delta, reason in self.experts[expert].generate.remote(job):
+                    produced += delta
+                    new = produced[len(passed):] if len(produced) > len(passed) else ""
+                    passed = max(passed, produced, key=len)
+                    if new or reason:
+                        yield new, reason
+                return
+            except (RayActorError, ActorUnavailableError):
+                if attempt == attempts - 1:
+                    raise
+                self.retries += 1
 
     async def _sse(self, pieces, model: str, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
