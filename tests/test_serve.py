@@ -161,15 +161,13 @@ def test_llm_judge_runs_against_our_own_serve_app(served):
     assert result["pairs"] == 1 and result["win"] + result["tie"] + result["loss"] + result["unparseable"] == 1
 
 
-def test_gradio_chat_streams_through_the_app(served, tmp_path):
-    """ui/app.py in its own process on 127.0.0.1, driven with gradio_client: the answer comes from the
-    Serve app (disclaimer) and names its route and expert."""
+@pytest.fixture(scope="module")
+def ui_url(served):
+    """ui/app.py in its own process on 127.0.0.1 against the Serve app; stopped by PID."""
     import subprocess
     import sys
     import time
     from pathlib import Path
-
-    from gradio_client import Client
 
     port = _free_port()
     ui = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -185,14 +183,45 @@ def test_gradio_chat_streams_through_the_app(served, tmp_path):
                 pass
             assert time.time() < deadline and process.poll() is None, "the Gradio app did not come up"
             time.sleep(1)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        answer = client.predict(message="孩子发烧两天了怎么办？", api_name="/chat")
-        assert DISCLAIMER in answer and "路由" in answer and "专家 model" in answer
-        urgent = client.predict(message="孩子抽搐了", api_name="/chat")
-        assert urgent.startswith(URGENT_NOTICE)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         process.kill()
         process.wait()
+
+
+def test_gradio_chat_streams_through_the_app(ui_url):
+    """Driven with gradio_client: the answer comes from the Serve app (disclaimer) and names its route
+    and expert; a red-flag question starts with the urgent notice."""
+    from gradio_client import Client
+
+    client = Client(ui_url, verbose=False)
+    answer = client.predict(message="孩子发烧两天了怎么办？", api_name="/chat")
+    assert DISCLAIMER in answer and "路由" in answer and "专家 model" in answer
+    urgent = client.predict(message="孩子抽搐了", api_name="/chat")
+    assert urgent.startswith(URGENT_NOTICE)
+
+
+def test_chat_page_renders_in_headless_chromium(ui_url, tmp_path):
+    """Debian's chromium, headless: the rendered page shows the disclaimer and the example questions,
+    and a screenshot is taken (kept in the test's tmp folder)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium; .ci/run installs it when root)")
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", "--virtual-time-budget=15000"]
+    dom = subprocess.run(flags + ["--dump-dom", ui_url], capture_output=True, text=True, timeout=180).stdout
+    assert "不能代替医生的面诊" in dom and "一岁宝宝拉肚子两天了" in dom
+    shot = tmp_path / "chat.png"
+    subprocess.run(flags + [f"--screenshot={shot}", ui_url], capture_output=True, timeout=180)
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 900)
+    low, high = image.getextrema()
+    assert high - low > 100  # a rendered page, not a blank frame
 
 
 def test_a_killed_expert_replica_costs_no_failed_request(served):
