@@ -224,6 +224,8 @@ class ServeConfig:
     """Requests an expert replica decodes together (Serve dynamic batching)."""
     batch_wait_s: float = 0.02
     """How long a replica waits for more requests before starting a batch."""
+    stream_interval_s: float = 0.05
+    """Streamed text is sent at most this often after the first piece (each piece costs two Ray hops)."""
     expert_cpus: float = 1.0
     """CPUs reserved per expert replica (its torch threads: at least 1)."""
     min_replicas: int = 1

@@ -30,10 +30,12 @@ from pedray.vocab import TASKS
 class Expert:
     """One model behind Serve's dynamic batching: requests that arrive together decode together."""
 
-    def __init__(self, model_dir: str, name: str, max_batch_size: int, batch_wait_s: float, threads: int) -> None:
+    def __init__(self, model_dir: str, name: str, max_batch_size: int, batch_wait_s: float, threads: int,
+                 stream_interval_s: float = 0.05) -> None:
         from pedray.serve.engine import HFEngine
 
-        self.name = name
+        self.name, self.interval = name, stream_interval_s
+        self.batch_sizes: list[int] = []
         self.engine = HFEngine(model_dir, threads)
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_s)
@@ -42,6 +44,7 @@ class Expert:
     async def _batched(self, requests: list[dict[str, Any]]) -> AsyncGenerator[list, None]:
         from pedray.serve.engine import GenRequest
 
+        self.batch_sizes.append(len(requests))
         steps = self.engine.stream([GenRequest(**r) for r in requests])
         while True:
             step = await asyncio.to_thread(next, steps, None)
@@ -50,18 +53,33 @@ class Expert:
             yield [StopIteration if item is None else item for item in step]
 
     async def generate(self, request: dict[str, Any]) -> AsyncGenerator[tuple[str, str | None], None]:
-        """(text delta, finish reason or None) items for one request."""
-        async for item in self._batched(request):
-            yield item
+        """(text delta, finish reason or None) items for one request.
+
+        The first text goes out at once; after that, text is sent at most every `stream_interval_s`:
+        each item costs a hop through Ray to the router and another to the HTTP proxy, which on a small
+        machine costs more than a decoding step.
+        """
+        loop = asyncio.get_running_loop()
+        pending, last, first = "", 0.0, True
+        async for delta, reason in self._batched(request):
+            pending += delta
+            now = loop.time()
+            if reason is not None or (pending and (first or now - last >= self.interval)):
+                yield pending, reason
+                pending, last, first = "", now, False
+        if pending:
+            yield pending, None
 
     def ready(self) -> str:
         return self.name
 
     def whoami(self) -> dict[str, Any]:
-        """This replica's expert name and process id (for operators, and tests that stop a replica)."""
+        """This replica's expert name, process id and batching so far (for operators, and tests)."""
         import os
 
-        return {"expert": self.name, "pid": os.getpid()}
+        sizes = self.batch_sizes
+        return {"expert": self.name, "pid": os.getpid(), "batches": len(sizes),
+                "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0, "max_batch_size": max(sizes, default=0)}
 
 
 app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
@@ -232,9 +250,11 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
     threads = max(1, int(cfg.expert_cpus))
     handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
                                     max_ongoing_requests=4 * cfg.max_batch_size, **scaling)
-               .bind(path, name, cfg.max_batch_size, cfg.batch_wait_s, threads)
+               .bind(path, name, cfg.max_batch_size, cfg.batch_wait_s, threads, cfg.stream_interval_s)
                for name, path in experts.items()}
     import dataclasses
 
-    return Router.options(ray_actor_options={"num_cpus": 0}).bind(
+    # Serve's default of 5 in-flight requests per replica would queue a busy router's streams in front
+    # of experts that batch far more; the router only validates and relays.
+    return Router.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024).bind(
         handles, routes, tokenizer_dir, str(classifier), dataclasses.asdict(cfg))
