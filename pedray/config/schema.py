@@ -272,7 +272,10 @@ class Recipe:
     name: str = "default"
     """Name of the run; stage folders and Ray run names derive from it."""
     output_dir: str = "outputs/default"
-    """Where stage folders, manifests and plots go (local path or s3:// URI)."""
+    """Where stage folders, manifests, models, reports and plots go (a local folder)."""
+    storage: str | None = None
+    """Where Ray Train keeps checkpoints: a URI every node reaches (s3://bucket/prefix, gs://...; an
+    S3-compatible server by query, `?endpoint_override=host:9000&scheme=http`). None: <output_dir>/ray."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

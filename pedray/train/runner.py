@@ -90,7 +90,35 @@ def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path |
     return out
 
 
-def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage: Path, run_name: str,
+def checkpoint_storage(recipe: Recipe) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) for Ray Train's checkpoints.
+
+    `recipe.storage` is a URI pyarrow understands (`s3://bucket/prefix`, `gs://...`; an S3-compatible
+    server by query, e.g. `?endpoint_override=host:9000&scheme=http`), which every node reaches by
+    itself; without it, `<output_dir>/ray` on this machine.
+    """
+    if not recipe.storage:
+        return str((Path(recipe.output_dir) / "ray").resolve()), None
+    import pyarrow.fs
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(recipe.storage)
+    if parts.scheme != "s3":
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(recipe.storage)
+        return path, filesystem
+    # Built here rather than by from_uri so that the driver's credentials (AWS_ACCESS_KEY_ID, ...) travel
+    # with the filesystem to every worker, whatever those processes' environment holds.
+    options: dict[str, Any] = dict(parse_qsl(parts.query))
+    keys = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+            "session_token": "AWS_SESSION_TOKEN"}
+    options.update({k: os.environ[v] for k, v in keys.items() if os.environ.get(v)})
+    for flag in ("allow_bucket_creation", "allow_bucket_deletion"):
+        if flag in options:
+            options[flag] = options[flag].lower() == "true"
+    return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+
+
+def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_name: str,
              callbacks: list | None = None):
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -100,8 +128,9 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, storage
         num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
         resources_per_worker=None if scaling.num_workers == 0 else {"CPU": scaling.cpus_per_worker,
                                                                     **({"GPU": 1} if scaling.use_gpu else {})})
+    storage, filesystem = checkpoint_storage(recipe)
     run = ray.train.RunConfig(
-        name=run_name, storage_path=str(storage),
+        name=run_name, storage_path=storage, storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or None)
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
@@ -157,10 +186,10 @@ def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstr
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
     started = time.time()
     datasets = stage_datasets(recipe, stage, upstream, stage_dir)
-    storage = (Path(recipe.output_dir) / "ray").resolve()
-    result = _trainer(recipe, stage, upstream, datasets, storage, f"{stage}-{fingerprint}", callbacks).fit()
+    result = _trainer(recipe, stage, upstream, datasets, f"{stage}-{fingerprint}", callbacks).fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under {storage}")
+        raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under "
+                           f"{checkpoint_storage(recipe)[0]}")
     model_dir = stage_dir / "model"
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
