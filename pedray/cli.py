@@ -108,6 +108,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pedray.eval.judge import answer_pairs, compare
+    from pedray.markdown import table
 
     pairs = answer_pairs(args.answers_1, args.answers_2)[: args.limit or None]
     result = compare(pairs, args.url, args.model, os.environ.get(args.api_key_env) or "none", args.retries,
@@ -115,9 +116,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(f"| pairs | win | tie | loss | unparseable | win rate | consistent in both orders |\n|---|---|---|---|---|---|---|\n"
-          f"| {result['pairs']} | {result['win']} | {result['tie']} | {result['loss']} | {result['unparseable']} "
-          f"| {result['win_rate']:.1f}% | {result['consistent']} |")
+    print(table(["pairs", "win", "tie", "loss", "unparseable", "win rate", "consistent in both orders"],
+                [[result["pairs"], result["win"], result["tie"], result["loss"], result["unparseable"],
+                  f"{result['win_rate']:.1f}%", result["consistent"]]]))
     print(f"every verdict and reply in {out}")
     return 0
 

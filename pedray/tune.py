@@ -154,13 +154,15 @@ def report(grid_result, space: dict[str, list], metric: str, root: Path, concurr
 
 
 def results_table(rows: list[dict[str, Any]], metric: str) -> str:
-    lines = [f"| trial | {metric} (last) | best | evaluations | outcome |", "|---|---|---|---|---|"]
+    from pedray.markdown import table
+
+    cells = []
     for row in sorted(rows, key=lambda r: (r["final_loss"] is None, r["final_loss"] or 0.0)):
         outcome = "error" if row["error"] else ("stopped by ASHA" if row["stopped_early"] else "completed")
         last = f"{row['final_loss']:.4f}" if row["final_loss"] is not None else "-"
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        lines.append(f"| {row['trial']} | {last} | {best} | {row['evaluations']} | {outcome} |")
-    return "\n".join(lines)
+        cells.append([row["trial"], last, best, row["evaluations"], outcome])
+    return table(["trial", f"{metric} (last)", "best", "evaluations", "outcome"], cells)
 
 
 def _plot(rows: list[dict[str, Any]], metric: str, out: Path) -> Path:

@@ -4,23 +4,17 @@ API keys, dynamic batching, and a task-gated MoUSE adapter served as merged per-
 from __future__ import annotations
 
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
+from helpers import free_port, wait_for
 
 from pedray.config import load_recipe
 from pedray.vocab import DISCLAIMER, URGENT_NOTICE
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def served(ray_local, tiny_model_dir, small_corpus, tmp_path_factory):
     from pedray.model.mouse_io import save_mouse
     from pedray.serve.app import build_app
 
-    port = _free_port()
+    port = free_port()
     cache = tmp_path_factory.mktemp("serve-cache")
     common = [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=0.1", "serve.max_tokens_limit=64",
               "serve.default_max_tokens=16", f"serve.port={port}"]
@@ -166,23 +160,21 @@ def ui_url(served):
     """ui/app.py in its own process on 127.0.0.1 against the Serve app; stopped by PID."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
-    port = _free_port()
+    port = free_port()
     ui = Path(__file__).resolve().parents[1] / "ui" / "app.py"
     process = subprocess.Popen([sys.executable, str(ui), "--api", f"{served}/v1", "--port", str(port),
                                 "--max-tokens", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
+        def up() -> bool:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.time() < deadline and process.poll() is None, "the Gradio app did not come up"
-            time.sleep(1)
+                return process.poll() is not None
+
+        wait_for(up, 120, "the Gradio app", interval=1)
+        assert process.poll() is None, "the Gradio app exited"
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.kill()

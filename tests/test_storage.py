@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port, port_open, wait_for
 
 from pedray.config import load_recipe
 
@@ -19,16 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 def s3_endpoint():
     """moto in server mode (an S3 API) on a free local port; stopped by PID."""
     pytest.importorskip("moto.server", reason="moto[server] is a dev dependency (pip install -e '.[dev]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.time() < deadline and server.poll() is None, "moto server did not start"
-            time.sleep(0.2)
+        wait_for(lambda: port_open(port) or server.poll() is not None, 60, "the moto server")
+        assert server.poll() is None, "moto server exited"
         yield f"127.0.0.1:{port}"
     finally:
         server.kill()

@@ -6,25 +6,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
 from pedray.config import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "jobs" / "tiny.yaml"
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _step_of(status_dir: Path, rank: int):
@@ -104,8 +94,8 @@ def test_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path, m
     runner = threading.Thread(target=lambda: outcome.update(train_all(recipe, ["sft"])), daemon=True)
     runner.start()
     # Ray's controller collects reports every 2 s: kill only once it has registered the checkpoint.
-    _wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 300, "a registered checkpoint")
-    victim = _wait_for(lambda: (s := _step_of(status, 1)) and s["step"] >= 5 and s, 300, "rank 1 to pass step 5")
+    wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 300, "a registered checkpoint")
+    victim = wait_for(lambda: (s := _step_of(status, 1)) and s["step"] >= 5 and s, 300, "rank 1 to pass step 5")
     os.kill(victim["pid"], signal.SIGKILL)
     runner.join(timeout=600)
     manifest = outcome["sft"]
@@ -128,8 +118,8 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: (tmp_path / "out" / "cpt" / "manifest.json").is_file(), 400, "cpt to complete")
-        _wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 400, "an sft checkpoint")
+        wait_for(lambda: (tmp_path / "out" / "cpt" / "manifest.json").is_file(), 400, "cpt to complete")
+        wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 400, "an sft checkpoint")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pedray.eval.metrics import METRICS
+from pedray.markdown import table
 
 _NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "gleu": "GLEU",
           "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "distinct1": "Distinct-1",
@@ -13,9 +14,9 @@ _NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLE
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    cell = (lambda v: f"{v:.2f}" if isinstance(v, float) else str(v))
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    """Markdown table lines, scores with two decimals."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in rows]
+    return table(header, cells).split("\n")
 
 
 def _text_rows(entry: dict[str, Any]) -> list[list[Any]]:

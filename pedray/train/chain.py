@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pedray.config.schema import Recipe
+from pedray.markdown import table
 from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
 from pedray.vocab import STAGES
 
@@ -67,15 +68,14 @@ def _hand_on(stage: str, manifest: dict[str, Any], upstream: Path, info: dict[st
 
 def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: each stage's held-out loss before and after it, last training loss, steps, time."""
-    lines = ["| stage | held-out loss before | held-out loss after | training loss (last) | steps | seconds |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for stage, manifest in manifests.items():
         held_out = manifest.get("held_out_loss") or []
         before = f"{held_out[0]['loss']:.4f}" if held_out else "-"
         after = f"{held_out[-1]['loss']:.4f}" if held_out else "-"
-        lines.append(f"| {stage} | {before} | {after} | {manifest['final_loss']:.4f} | {manifest['steps']} "
-                     f"| {manifest['elapsed_s']} |")
-    return "\n".join(lines)
+        rows.append([stage, before, after, f"{manifest['final_loss']:.4f}", manifest["steps"], manifest["elapsed_s"]])
+    return table(["stage", "held-out loss before", "held-out loss after", "training loss (last)", "steps", "seconds"],
+                 rows)
 
 
 def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
