@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pedray import storage
 from pedray.config.loader import ConfigError, load_recipe, merge, parse_overrides, to_dict
 from pedray.config.schema import Recipe
 from pedray.vocab import STAGES
@@ -34,7 +35,8 @@ def trial_name(overrides: dict[str, Any]) -> str:
     return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items())
 
 
-def trial_recipe(base: dict[str, Any], overrides: dict[str, Any], stage: str, eval_every: int, out: Path) -> Recipe:
+def trial_recipe(base: dict[str, Any], overrides: dict[str, Any], stage: str, eval_every: int,
+                 out: str | Path) -> Recipe:
     """The recipe of one trial: the grid point, held-out evaluation every `eval_every` steps (each one a
     report ASHA sees), and its own output folder. Raises ConfigError naming a bad key or value."""
     extra = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
@@ -59,15 +61,15 @@ def concurrency(recipe: Recipe, cpus: float) -> int:
     return max(1, math.floor(cpus / per_trial))
 
 
-def upstream_of(recipe: Recipe, stage: str) -> Path:
+def upstream_of(recipe: Recipe, stage: str) -> str | Path:
     """The model the chain would hand `stage`: the previous stage's export when trained, else the base model."""
     from pedray.train.runner import read_manifest
     from pedray.workspace import base_model_dir
 
     for previous in reversed(STAGES[:STAGES.index(stage)]):
-        manifest = read_manifest(Path(recipe.output_dir) / previous)
+        manifest = read_manifest(storage.join(recipe.output_dir, previous))
         if manifest and manifest.get("status") == "complete" and recipe.stage(previous).enabled:
-            return Path(manifest["paths"]["model"])
+            return storage.as_location(manifest["paths"]["model"])
     return base_model_dir(recipe)
 
 
@@ -82,13 +84,13 @@ def _run_trial(config: dict[str, Any]) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     setup = config["setup"]
     overrides = {key: value for key, value in config.items() if key != "setup"}
-    out = Path(setup["root"]) / "trials" / trial_name(overrides)
+    out = storage.join(setup["root"], "trials", trial_name(overrides))
     recipe = trial_recipe(setup["recipe"], overrides, setup["stage"], setup["eval_every"], out)
-    run_stage(recipe, setup["stage"], Path(setup["upstream"]), out / setup["stage"],
+    run_stage(recipe, setup["stage"], storage.as_location(setup["upstream"]), storage.join(out, setup["stage"]),
               {"stage": "tune", "fingerprint": setup["upstream"]}, callbacks=[TuneReportCallback()])
 
 
-def sweep(recipe: Recipe, upstream: Path | None = None) -> dict[str, Any]:
+def sweep(recipe: Recipe, upstream: str | Path | None = None) -> dict[str, Any]:
     """Run the grid in `recipe.tune` with ASHA on the stage's held-out loss; write results, plot and best.yaml."""
     import ray
     from ray import tune
@@ -98,12 +100,12 @@ def sweep(recipe: Recipe, upstream: Path | None = None) -> dict[str, Any]:
     metric = f"{stage}/eval_loss"
     if recipe.stage(stage).eval_rows == 0:
         raise ValueError(f"tune ranks trials by held-out loss: stages.{stage}.eval_rows must be > 0")
-    root = (Path(recipe.output_dir) / "tune" / stage).resolve()
+    root = _absolute(storage.join(recipe.output_dir, "tune", stage))
     base = to_dict(recipe)
     grid = trial_overrides(recipe)
     for overrides in grid:  # every grid point must make a valid recipe before anything starts
         trial_recipe(base, overrides, stage, settings.eval_every, root)
-    upstream = Path(upstream or upstream_of(recipe, stage)).resolve()
+    upstream = _absolute(upstream or upstream_of(recipe, stage))
     setup = {"recipe": base, "stage": stage, "eval_every": settings.eval_every, "root": str(root),
              "upstream": str(upstream)}
     space = {key: tune.grid_search(values) for key, values in settings.space.items()}
@@ -113,7 +115,10 @@ def sweep(recipe: Recipe, upstream: Path | None = None) -> dict[str, Any]:
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=math.ceil(steps / settings.eval_every) + 1,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     trials = concurrency(recipe, ray.cluster_resources().get("CPU", 1.0))
-    print(f"[tune] {len(grid)} trials of {stage} from {upstream}, {trials} at a time, ASHA on {metric}", flush=True)
+    print(f"[tune] {len(grid)} trials of {stage} from {storage.display(upstream)}, {trials} at a time, ASHA on {metric}",
+          flush=True)
+    ray_storage = storage.join(root, "ray")
+    filesystem, ray_path = storage.filesystem(ray_storage) if storage.is_uri(ray_storage) else (None, str(ray_storage))
     tuner = tune.Tuner(
         # The trial function only drives its Train run: no CPU (even 0.01 would leave less than the whole
         # CPU Ray Data's tasks need beside the workers), a token of memory since Tune wants a non-empty bundle.
@@ -121,12 +126,16 @@ def sweep(recipe: Recipe, upstream: Path | None = None) -> dict[str, Any]:
         param_space={"setup": setup, **space},
         tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler, max_concurrent_trials=trials,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(root / "ray"), verbose=0))
+        run_config=tune.RunConfig(name="sweep", storage_path=ray_path, storage_filesystem=filesystem, verbose=0))
     grid_result = tuner.fit()
     return report(grid_result, settings.space, metric, root, trials)
 
 
-def report(grid_result, space: dict[str, list], metric: str, root: Path, concurrent: int) -> dict[str, Any]:
+def _absolute(location: str | Path) -> str | Path:
+    return location if storage.is_uri(location) else Path(location).resolve()
+
+
+def report(grid_result, space: dict[str, list], metric: str, root: str | Path, concurrent: int) -> dict[str, Any]:
     """Results table (Markdown), results.json, a held-out loss plot and the best trial's overrides."""
     rows = []
     for result in grid_result:
@@ -139,17 +148,19 @@ def report(grid_result, space: dict[str, list], metric: str, root: Path, concurr
                      "evaluations": len(curve), "error": str(result.error) if result.error else None})
     finished = [row for row in rows if row["best_loss"] is not None]
     if not finished:
-        raise RuntimeError(f"no trial reported a held-out loss; see {root / 'ray'}")
+        raise RuntimeError(f"no trial reported a held-out loss; see {storage.display(storage.join(root, 'ray'))}")
     deepest = max(row["evaluations"] for row in finished)
     for row in rows:
         row["stopped_early"] = row["error"] is None and 0 < row["evaluations"] < deepest
     best = min((row for row in finished if row["evaluations"] == deepest), key=lambda row: row["final_loss"])
-    (root / BEST_FILE).write_text(yaml.safe_dump(best["overrides"], allow_unicode=True))
     summary = {"metric": metric, "concurrent_trials": concurrent, "trials": rows, "best": best["overrides"],
-               "best_loss": best["final_loss"], "best_file": str(root / BEST_FILE)}
-    (root / "results.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+               "best_loss": best["final_loss"], "best_file": str(storage.join(root, BEST_FILE))}
+    with storage.writable(root) as out:
+        (out / BEST_FILE).write_text(yaml.safe_dump(best["overrides"], allow_unicode=True))
+        (out / "results.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+        _plot(rows, metric, out / "sweep.png")
     summary["table"] = results_table(rows, metric)
-    summary["plot"] = str(_plot(rows, metric, root / "sweep.png"))
+    summary["plot"] = str(storage.join(root, "sweep.png"))
     return summary
 
 
@@ -187,9 +198,10 @@ def _plot(rows: list[dict[str, Any]], metric: str, out: Path) -> Path:
 
 def tuned_overrides(path: str | Path) -> list[str]:
     """The dotted overrides in a best.yaml written by `sweep` (for train_all --tuned)."""
-    if not Path(path).is_file():
+    text = storage.read_text(path)
+    if text is None:
         raise ConfigError(f"tuned settings not found: {path} (written by `python -m pedray tune` as {BEST_FILE})")
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of dotted recipe keys to values")
     return [f"{key}={json.dumps(value)}" for key, value in data.items()]

@@ -12,6 +12,8 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
     "GRADIO_ANALYTICS_ENABLED": "False", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "0",
+    # For the moto S3 server the storage tests start; set before Ray starts so that its workers have them too.
+    "AWS_ACCESS_KEY_ID": "pedray-test", "AWS_SECRET_ACCESS_KEY": "pedray-test-secret",
 })
 os.environ.setdefault("PEDRAY_CACHE", str(Path(tempfile.gettempdir()) / "pedray-test-cache"))
 

@@ -137,6 +137,9 @@ class ScalingConfig:
     """Micro-batches accumulated per optimizer step."""
     threads_per_worker: int = 0
     """torch threads inside a worker; 0 derives it from cpus_per_worker (Ray sets OMP_NUM_THREADS=1)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker asks for besides CPU and GPU (a node type's resource, e.g.
+    `{"accelerator_type:A100": 0.01}`), so that the autoscaler adds nodes of that type."""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "num_workers must be non-negative")
@@ -145,6 +148,9 @@ class ScalingConfig:
         _check(not self.offload_params or self.zero_stage == 3, "offload_params needs zero_stage 3")
         _check(not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer needs zero_stage >= 1")
         _check(self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1")
+        _check(all(v > 0 for v in self.resources.values()), "scaling.resources amounts must be positive")
+        _check(not {"CPU", "GPU"} & set(self.resources), "scaling.resources: set CPU and GPU with "
+               "cpus_per_worker and use_gpu")
 
 
 @dataclass
@@ -272,7 +278,8 @@ class Recipe:
     name: str = "default"
     """Name of the run; stage folders and Ray run names derive from it."""
     output_dir: str = "outputs/default"
-    """Where stage folders, manifests, models, reports and plots go (a local folder)."""
+    """Where stage folders, manifests, models, reports and plots go: a local folder, or a URI every node
+    reaches (s3://bucket/prefix, gs://...), in which case the corpus is read from there too."""
     storage: str | None = None
     """Where Ray Train keeps checkpoints: a URI every node reaches (s3://bucket/prefix, gs://...; an
     S3-compatible server by query, `?endpoint_override=host:9000&scheme=http`). None: <output_dir>/ray."""

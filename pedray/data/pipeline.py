@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pedray import storage
 from pedray.config.schema import DataConfig
 from pedray.data import packing
 from pedray.data import tokenize as tok
@@ -26,24 +26,21 @@ def _tokenizer(path: str):
 
 
 def corpus_files(dirs: list[str | Path], kind: str, split: str = "train") -> list[str]:
-    """The `{kind}_{split}.jsonl` files of the prepared corpus folders (empty ones left out)."""
-    files = [Path(d) / f"{kind}_{split}.jsonl" for d in dirs]
-    return [str(f) for f in files if f.is_file() and f.stat().st_size > 0]
+    """The `{kind}_{split}.jsonl` files of the prepared corpus folders (local or URIs; empty ones left out)."""
+    files = [storage.join(d, f"{kind}_{split}.jsonl") for d in dirs]
+    return [str(f) for f in files if storage.size(f) > 0]
 
 
 def count_records(files: list[str]) -> int:
-    """Record count from each folder's summary.json when it has one, else by streaming the file."""
+    """Record count from each folder's summary.json when it has one, else by reading the file."""
     total = 0
     for file in files:
-        path = Path(file)
-        summary = path.parent / "summary.json"
-        counted = None
-        if summary.is_file():
-            info = json.loads(summary.read_text(encoding="utf-8")).get("files", {}).get(path.name)
-            counted = info.get("records") if isinstance(info, dict) else None
+        name = Path(storage.display(file)).name
+        summary = storage.read_json(storage.sibling(file, "summary.json")) or {}
+        info = summary.get("files", {}).get(name)
+        counted = info.get("records") if isinstance(info, dict) else None
         if counted is None:
-            with path.open("rb") as handle:
-                counted = sum(1 for line in handle if line.strip())
+            counted = sum(1 for line in (storage.read_text(file) or "").splitlines() if line.strip())
         total += counted
     return total
 
@@ -65,7 +62,11 @@ def read_records(files: list[str], seed: int, shuffle: str = "global"):
     if shuffle == "stream":
         files = sorted(files)
         random.Random(seed).shuffle(files)
-    dataset = ray.data.read_json(files, file_extensions=["jsonl"])  # pyarrow reader: arrow blocks
+    filesystem = None
+    if storage.is_uri(files[0]):  # every node reads the corpus from the storage, none from the driver's disk
+        filesystem = storage.filesystem(files[0])[0]
+        files = [storage.filesystem(f)[1] for f in files]
+    dataset = ray.data.read_json(files, file_extensions=["jsonl"], filesystem=filesystem)  # arrow blocks
     return dataset.random_shuffle(seed=seed) if shuffle == "global" else dataset
 
 

@@ -22,7 +22,9 @@ def load_for_eval(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     from pedray.model.build import load_model, load_tokenizer
     from pedray.model.mouse_io import CONFIG_FILE, load_mouse, read_config
 
-    model_dir = Path(model_dir)
+    from pedray.storage import local_copy
+
+    model_dir = local_copy(model_dir)
     if (model_dir / CONFIG_FILE).is_file():
         base = read_config(model_dir).get("base_model")
         model = load_mouse(model_dir, dtype=dtype)
@@ -111,12 +113,15 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
     """
     import ray.data
 
+    from pedray import storage
+
     count, cpus = actor_layout(actors)
     dataset = ray.data.from_items(_sorted(items), override_num_blocks=max(count, len(items) // batch_size or 1))
     answered = dataset.map_batches(
         Generator, batch_size=batch_size, batch_format="numpy", num_cpus=cpus,
         compute=ray.data.ActorPoolStrategy(size=count),
-        fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "max_new_tokens": max_new_tokens,
+        fn_constructor_kwargs={"model_dir": str(storage.as_location(model_dir) if storage.is_uri(model_dir)
+                                                 else Path(model_dir).resolve()), "max_new_tokens": max_new_tokens,
                                "threads": cpus},
     )
     return [{key: _plain(value) for key, value in row.items()} for row in answered.take_all()]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pedray import storage
 from pedray.config.schema import EvalConfig
 from pedray.eval.report import bar_chart, markdown
 from pedray.eval.score import headline, score_rows
@@ -17,17 +18,16 @@ REPORT = "report.json"
 
 def settings_key(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig, identity: str = "") -> str:
     """What a report depends on: the model (its identity when known), the questions and the generation settings."""
-    payload = {"model": identity or str(Path(model_dir).resolve()), "max_new_tokens": cfg.max_new_tokens,
+    payload = {"model": identity or str(model_dir if storage.is_uri(model_dir) else Path(model_dir).resolve()), "max_new_tokens": cfg.max_new_tokens,
                "questions": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_report(out_dir: str | Path, key: str | None = None) -> dict[str, Any] | None:
     """An earlier report in `out_dir` (only when made with the same settings key, if one is given)."""
-    path = Path(out_dir) / REPORT
-    if not path.is_file():
+    report = storage.read_json(storage.join(out_dir, REPORT))
+    if report is None:
         return None
-    report = json.loads(path.read_text(encoding="utf-8"))
     return report if key is None or report.get("key") == key else None
 
 
@@ -35,14 +35,17 @@ def evaluate(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig
              identity: str = "") -> dict[str, Any]:
     """Answer `items` (see `pedray.eval.sets`) with the model, score them and write the report files.
 
-    Needs Ray initialised. Returns the report (also in `out_dir/report.json`).
+    Needs Ray initialised. Returns the report (also in `out_dir/report.json`; `out_dir` may be a URI).
     """
-    from pedray.eval.generate import generate_dataset
-
     if not items:
         raise ValueError("nothing to evaluate: no questions")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with storage.writable(out_dir) as out:
+        return _evaluate(model_dir, items, cfg, out, identity, out_dir)
+
+
+def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, location) -> dict[str, Any]:
+    from pedray.eval.generate import generate_dataset
+
     started = time.time()
     rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
     seconds = time.time() - started
@@ -57,12 +60,11 @@ def evaluate(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig
         "generation": {"answers": len(rows), "seconds": round(seconds, 2), "answers_per_s": len(rows) / seconds,
                        "new_tokens": int(sum(row["new_tokens"] for row in rows))},
         "scores": scores, "headline": headline(scores),
-        "files": {"answers": str(out / "answers.jsonl"), "markdown": str(out / "report.md"),
-                  "chart": str(out / "report.png")},
+        "files": {name: str(storage.join(location, name)) for name in ("answers.jsonl", "report.md", "report.png")},
     }
     (out / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    bar_chart({Path(str(model_dir)).name: report["headline"]}, out / "report.png", f"evaluation of {model_dir}")
+    bar_chart({Path(storage.display(model_dir)).name: report["headline"]}, out / "report.png", f"evaluation of {storage.display(model_dir)}")
     return report
 
 
@@ -83,13 +85,13 @@ class ChainEvaluation:
     and settings have not changed is reused. `finish` writes `<output>/eval/stages.md` and `stages.png`.
     """
 
-    def __init__(self, recipe, base: Path) -> None:
-        self.recipe, self.output = recipe, Path(recipe.output_dir)
+    def __init__(self, recipe, base: str | Path) -> None:
+        self.recipe, self.output = recipe, storage.as_location(recipe.output_dir)
         self.items = recipe_items(recipe)
         self.reports: dict[str, dict[str, Any]] = {}
-        self.model("base", base, f"base:{base}", self.output / "eval" / "base")
+        self.model("base", base, f"base:{base}", storage.join(self.output, "eval", "base"))
 
-    def model(self, name: str, model_dir: Path, identity: str, out: Path) -> dict[str, Any]:
+    def model(self, name: str, model_dir: str | Path, identity: str, out: str | Path) -> dict[str, Any]:
         report = read_report(out, settings_key(model_dir, self.items, self.recipe.eval, identity))
         if report is None:
             print(f"[eval] {name}: {len(self.items)} questions", flush=True)
@@ -98,15 +100,15 @@ class ChainEvaluation:
         return report
 
     def stage(self, stage: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        return self.model(stage, Path(manifest["paths"]["model"]), manifest["fingerprint"],
-                          self.output / stage / "eval")
+        return self.model(stage, storage.as_location(manifest["paths"]["model"]), manifest["fingerprint"],
+                          storage.join(self.output, stage, "eval"))
 
     def finish(self) -> str:
         from pedray.eval.report import bar_chart, stage_table
 
         table = stage_table(self.reports)
-        (self.output / "eval").mkdir(parents=True, exist_ok=True)
-        (self.output / "eval" / "stages.md").write_text(table + "\n", encoding="utf-8")
-        bar_chart({name: r["headline"] for name, r in self.reports.items()}, self.output / "eval" / "stages.png",
-                  "what each stage bought (same questions)")
+        with storage.writable(storage.join(self.output, "eval")) as out:
+            (out / "stages.md").write_text(table + "\n", encoding="utf-8")
+            bar_chart({name: r["headline"] for name, r in self.reports.items()}, out / "stages.png",
+                      "what each stage bought (same questions)")
         return table

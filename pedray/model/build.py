@@ -69,7 +69,10 @@ def default_model_dir(size: str, seed: int = 0, cache: str | Path | None = None)
 
 
 def check_model_dir(path: str | Path) -> Path:
-    path = Path(path)
+    """The model's local folder (for a URI, this node's cached copy of it); an error unless it is one."""
+    from pedray.storage import local_copy
+
+    path = local_copy(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json); "
                                 "build one with `python -m pedray init-model --out DIR`")

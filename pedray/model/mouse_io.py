@@ -51,7 +51,9 @@ def save_mouse(model: MouseModel, out: str | Path, state: dict[str, torch.Tensor
 
 def read_config(folder: str | Path) -> dict:
     """The adapter's JSON config; a clear error when the folder holds no MoUSE adapter."""
-    path = Path(folder) / CONFIG_FILE
+    from pedray.storage import local_copy
+
+    path = local_copy(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no MoUSE adapter ({CONFIG_FILE} missing)")
     config = json.loads(path.read_text())
@@ -68,7 +70,9 @@ def load_mouse(folder: str | Path, base: nn.Module | str | Path | None = None, *
     from safetensors.torch import load_file
 
     from pedray.model.build import load_model
+    from pedray.storage import local_copy
 
+    folder = local_copy(folder)
     config = read_config(folder)
     if base is None:
         base = config.get("base_model")

@@ -90,18 +90,17 @@ app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
 class Router:
     """The OpenAI-compatible front: validates, picks the route, forwards to that route's expert."""
 
-    def __init__(self, experts: dict[str, Any], routes: dict[str, str], tokenizer_dir: str, classifier: str,
+    def __init__(self, experts: dict[str, Any], routes: dict[str, str], tokenizer_dir: str, classifier: Any,
                  cfg: dict[str, Any]) -> None:
-        from pedray.model.build import load_tokenizer
-        from pedray.serve.classify import TaskClassifier
+        from pedray.model.build import check_model_dir, load_tokenizer
 
         self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.ready_handles = experts
         self.routes, self.cfg = routes, ServeConfig(**cfg)
         self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.context = int(json.loads((Path(tokenizer_dir) / "config.json").read_text())
+        self.context = int(json.loads((check_model_dir(tokenizer_dir) / "config.json").read_text())
                            .get("max_position_embeddings", 2048))
-        self.classifier = TaskClassifier.load(classifier)
+        self.classifier = classifier  # a TaskClassifier, shipped whole: the router may run on any node
         self.counts = {task: 0 for task in TASKS}
         self.retries = 0
         from ray.serve.metrics import Counter
@@ -217,14 +216,15 @@ def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], d
     A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes).
     """
     from pedray.model.mouse_io import ADAPTER_FILE, CONFIG_FILE, load_mouse, merge_tasks, read_config
+    from pedray.storage import local_copy
 
-    model_dir = Path(model_dir)
+    location, model_dir = str(model_dir), local_copy(model_dir)  # replicas are handed the location itself
     if not (model_dir / CONFIG_FILE).is_file():
-        return {"model": str(model_dir)}, dict.fromkeys(TASKS, "model"), str(model_dir)
+        return {"model": location}, dict.fromkeys(TASKS, "model"), location
     config = read_config(model_dir)
     base = str(config["base_model"])
     if config["lora"].get("gating") != "task":
-        return {"mouse": str(model_dir)}, dict.fromkeys(TASKS, "mouse"), base
+        return {"mouse": location}, dict.fromkeys(TASKS, "mouse"), base
     digest = hashlib.sha256((model_dir / ADAPTER_FILE).read_bytes()).hexdigest()[:12]
     folder = cache / f"merged-{digest}"
     if not all((folder / task / "config.json").is_file() for task in config["tasks"]):
@@ -241,8 +241,7 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
 
     cache.mkdir(parents=True, exist_ok=True)
     experts, routes, tokenizer_dir = expert_layout(model_dir, cache)
-    classifier = cache / "task_classifier.json"
-    TaskClassifier.fit(corpus_examples(corpus_dirs)).save(classifier)
+    classifier = TaskClassifier.fit(corpus_examples(corpus_dirs))
     scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas or 1}
     if cfg.max_replicas > max(cfg.min_replicas, 1):
         scaling = {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
@@ -257,4 +256,4 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
     # Serve's default of 5 in-flight requests per replica would queue a busy router's streams in front
     # of experts that batch far more; the router only validates and relays.
     return Router.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024).bind(
-        handles, routes, tokenizer_dir, str(classifier), dataclasses.asdict(cfg))
+        handles, routes, tokenizer_dir, classifier, dataclasses.asdict(cfg))

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pedray import storage
 from pedray.config.schema import Recipe
 
 
-def default_model(recipe: Recipe) -> Path:
+def default_model(recipe: Recipe) -> str | Path:
     """The last completed stage's model of the recipe's run (mouse, else dfpo, sft, cpt)."""
     from pedray.train.runner import read_manifest
 
     for stage in ("mouse", "dfpo", "sft", "cpt"):
-        manifest = read_manifest(Path(recipe.output_dir) / stage)
+        manifest = read_manifest(storage.join(recipe.output_dir, stage))
         if manifest and manifest.get("status") == "complete":
-            return Path(manifest["paths"]["model"])
+            return storage.as_location(manifest["paths"]["model"])
     raise FileNotFoundError(f"no trained model under {recipe.output_dir}: train one first with "
                             f"`python jobs/train_all.py` (or `make demo`), or pass --model DIR")
 

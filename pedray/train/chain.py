@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from pedray import storage
 from pedray.config.schema import Recipe
 from pedray.markdown import table
 from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
@@ -34,23 +35,23 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
     for stage in STAGES:
         if stages and stage not in stages:
             # Not asked for: a completed earlier run of it still hands its model to the next stage.
-            manifest = read_manifest(Path(recipe.output_dir) / stage)
+            manifest = read_manifest(storage.join(recipe.output_dir, stage))
             if manifest and manifest.get("status") == "complete":
                 upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
             continue
         if not recipe.stage(stage).enabled:
             print(f"[{stage}] disabled in the recipe", flush=True)
             continue
-        stage_dir = Path(recipe.output_dir) / stage
+        stage_dir = storage.join(recipe.output_dir, stage)
         fingerprint = stage_fingerprint(recipe, stage, upstream_info["fingerprint"])
         manifest = read_manifest(stage_dir)
         if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fingerprint:
-            print(f"[{stage}] complete already ({stage_dir}), skipping", flush=True)
+            print(f"[{stage}] complete already ({storage.display(stage_dir)}), skipping", flush=True)
         else:
-            print(f"[{stage}] starting from {upstream_info['stage']} ({upstream})", flush=True)
+            print(f"[{stage}] starting from {upstream_info['stage']} ({storage.display(upstream)})", flush=True)
             manifest = run_stage(recipe, stage, upstream, stage_dir, upstream_info)
             print(f"[{stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
-                  f"in {manifest['elapsed_s']}s; model in {manifest['paths']['model']}", flush=True)
+                  f"in {manifest['elapsed_s']}s; model in {storage.display(manifest['paths']['model'])}", flush=True)
         manifests[stage] = manifest
         if after_stage:
             after_stage(stage, manifest)
@@ -58,11 +59,12 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
     return manifests
 
 
-def _hand_on(stage: str, manifest: dict[str, Any], upstream: Path, info: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _hand_on(stage: str, manifest: dict[str, Any], upstream: str | Path,
+             info: dict[str, Any]) -> tuple[str | Path, dict[str, Any]]:
     """The model (and its identity) the next stage starts from after `stage` completed."""
     if stage == "mouse":  # mouse exports adapters over its upstream; nothing trains after it
         return upstream, info
-    path = Path(manifest["paths"]["model"])
+    path = storage.as_location(manifest["paths"]["model"])
     return path, {"stage": stage, "path": str(path), "fingerprint": manifest["fingerprint"]}
 
 
@@ -92,6 +94,7 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
     manifests = train_all(recipe, stages, after_stage=evaluation.stage if evaluation else None)
     print(summary_table(manifests), flush=True)
     if evaluation:
-        print(f"\nEvaluation on the same questions (x100; reports in {recipe.output_dir}/<stage>/eval/):", flush=True)
+        print(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):",
+              flush=True)
         print(evaluation.finish(), flush=True)
     return manifests

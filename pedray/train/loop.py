@@ -81,6 +81,8 @@ def _load_model(config: dict[str, Any], recipe: Recipe, ds_config: dict[str, Any
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
+    # Where the weights came from (a URI stays a URI, not this node's cached copy): adapters record it as their base.
+    model.config._name_or_path = config["upstream"]
     return model
 
 

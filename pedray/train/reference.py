@@ -41,17 +41,20 @@ class ReferenceScorer:
 
 
 def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size: int = 16,
-                    trust_remote_code: bool = False) -> Path:
-    """Write the preference dataset with reference log-probs to `out` (Parquet) once; reuse it after."""
-    out = Path(out)
-    marker = out / "_complete"
-    if marker.is_file():
+                    trust_remote_code: bool = False) -> str | Path:
+    """Write the preference dataset with reference log-probs to `out` (Parquet, a folder or URI) once;
+    reuse it after."""
+    from pedray import storage
+
+    marker = storage.join(out, "_complete")
+    if storage.read_text(marker) is not None:
         return out
     scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy", concurrency=1,
                                  num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
                                                                      "trust_remote_code": trust_remote_code})
-    scored.write_parquet(str(out))
-    marker.write_text("ok")
+    path, filesystem = _target(out)
+    scored.write_parquet(path, filesystem=filesystem)
+    storage.write_text(marker, "ok")
     return out
 
 
@@ -59,4 +62,14 @@ def read_scored(folder: str | Path):
     """The scored preference pairs, streamed back from Parquet."""
     import ray.data
 
-    return ray.data.read_parquet(str(folder))
+    path, filesystem = _target(folder)
+    return ray.data.read_parquet(path, filesystem=filesystem)
+
+
+def _target(location: str | Path):
+    from pedray import storage
+
+    if storage.is_uri(location):
+        filesystem, path = storage.filesystem(location)
+        return path, filesystem
+    return str(location), None

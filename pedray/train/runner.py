@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pedray import storage
 from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
 from pedray.train.loop import EXPORT_DIR, STATE_FILE, train_loop
@@ -55,15 +56,13 @@ def code_version() -> str:
     return f"pedray {pedray.__version__}" + (f" ({commit})" if commit else "")
 
 
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    path = stage_dir / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:
+    """The stage folder's manifest (local or at a URI), or None when it has none."""
+    return storage.read_json(storage.join(stage_dir, MANIFEST))
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
-    staging.replace(path)
+    storage.write_text(path, json.dumps(obj, ensure_ascii=False, indent=2))
 
 
 def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path | None:
@@ -95,27 +94,13 @@ def checkpoint_storage(recipe: Recipe) -> tuple[str, Any]:
 
     `recipe.storage` is a URI pyarrow understands (`s3://bucket/prefix`, `gs://...`; an S3-compatible
     server by query, e.g. `?endpoint_override=host:9000&scheme=http`), which every node reaches by
-    itself; without it, `<output_dir>/ray` on this machine.
+    itself; without it, `<output_dir>/ray` (on that storage when `output_dir` is a URI).
     """
-    if not recipe.storage:
-        return str((Path(recipe.output_dir) / "ray").resolve()), None
-    import pyarrow.fs
-    from urllib.parse import parse_qsl, urlsplit
-
-    parts = urlsplit(recipe.storage)
-    if parts.scheme != "s3":
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(recipe.storage)
-        return path, filesystem
-    # Built here rather than by from_uri so that the driver's credentials (AWS_ACCESS_KEY_ID, ...) travel
-    # with the filesystem to every worker, whatever those processes' environment holds.
-    options: dict[str, Any] = dict(parse_qsl(parts.query))
-    keys = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
-            "session_token": "AWS_SESSION_TOKEN"}
-    options.update({k: os.environ[v] for k, v in keys.items() if os.environ.get(v)})
-    for flag in ("allow_bucket_creation", "allow_bucket_deletion"):
-        if flag in options:
-            options[flag] = options[flag].lower() == "true"
-    return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+    location = recipe.storage or storage.join(recipe.output_dir, "ray")
+    if not storage.is_uri(location):
+        return str(Path(location).resolve()), None
+    filesystem, path = storage.filesystem(location)
+    return path, filesystem
 
 
 def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_name: str,
@@ -127,7 +112,8 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     workers = ray.train.ScalingConfig(
         num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
         resources_per_worker=None if scaling.num_workers == 0 else {"CPU": scaling.cpus_per_worker,
-                                                                    **({"GPU": 1} if scaling.use_gpu else {})})
+                                                                    **({"GPU": 1} if scaling.use_gpu else {}),
+                                                                    **scaling.resources})
     storage, filesystem = checkpoint_storage(recipe)
     run = ray.train.RunConfig(
         name=run_name, storage_path=storage, storage_filesystem=filesystem,
@@ -140,8 +126,10 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
                         datasets=datasets)
 
 
-def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) -> dict:
-    """The stage's training stream and, when the corpus has a test split, its held-out rows."""
+def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, fingerprint: str) -> dict:
+    """The stage's training stream and, when the corpus has a test split, its held-out rows.
+
+    Reference scores (dfpo) are kept per stage fingerprint: another upstream model scores again."""
     from pedray.train.reference import read_scored, score_reference
     from pedray.workspace import stage_dataset
 
@@ -164,7 +152,7 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) 
             dataset = dataset.limit(settings.max_steps * scaling.micro_batch_size * scaling.grad_accum
                                     * max(scaling.num_workers, 1))
         if spec.needs_reference:
-            dataset = read_scored(score_reference(dataset, upstream, stage_dir / f"reference-{split}",
+            dataset = read_scored(score_reference(dataset, upstream, storage.join(stage_dir, f"reference-{split}-{fingerprint}"),
                                                   trust_remote_code=recipe.model.trust_remote_code))
         if name == "eval":
             # Computed once, here: the loop re-reads it at every evaluation, and a second live pipeline
@@ -174,44 +162,49 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path) 
     return datasets
 
 
-def run_stage(recipe: Recipe, stage: str, upstream: Path, stage_dir: Path, upstream_info: dict[str, Any],
-              callbacks: list | None = None) -> dict:
-    """Train `stage` from the `upstream` model folder; returns the manifest written to `stage_dir`.
+def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path,
+              upstream_info: dict[str, Any], callbacks: list | None = None) -> dict:
+    """Train `stage` from the `upstream` model (a folder or URI); returns the manifest written to `stage_dir`.
 
-    `callbacks`: Ray Train callbacks (e.g. Tune's report callback when the stage is a Tune trial).
+    `stage_dir` may be a URI: the folder is then written locally and uploaded, and the manifest's
+    paths are URIs. `callbacks`: Ray Train callbacks (e.g. Tune's report callback for a Tune trial).
     """
     from pedray.workspace import corpus_dirs
 
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    if not storage.is_uri(stage_dir):
+        stage_dir = Path(stage_dir).resolve()
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
     started = time.time()
-    datasets = stage_datasets(recipe, stage, upstream, stage_dir)
+    datasets = stage_datasets(recipe, stage, upstream, stage_dir, fingerprint)
     result = _trainer(recipe, stage, upstream, datasets, f"{stage}-{fingerprint}", callbacks).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under "
                            f"{checkpoint_storage(recipe)[0]}")
-    model_dir = stage_dir / "model"
-    with result.checkpoint.as_directory() as folder:
-        state = json.loads((Path(folder) / STATE_FILE).read_text())
-        shutil.rmtree(model_dir, ignore_errors=True)
-        shutil.copytree(Path(folder) / EXPORT_DIR, model_dir)
-    history = state["history"]
-    _write_json(stage_dir / "history.json", history)
-    plot = plot_history(history, stage, stage_dir / "loss.png")
-    final = {k: v for k, v in (history[-1] if history else {}).items()}
-    first = history[0] if history else {}
-    manifest = {
-        "stage": stage, "status": "complete", "fingerprint": fingerprint,
-        "upstream": upstream_info, "code_version": code_version(),
-        "data_fingerprint": data_fingerprint(corpus_dirs(recipe)),
-        "config": to_dict(recipe), "metrics": final,
-        "first_loss": first.get(f"{stage}/loss"), "final_loss": final.get(f"{stage}/loss"),
-        "steps": state["step"], "resumed_from_step": state.get("resumed_from"),
-        "held_out_loss": state.get("eval", []),
-        "paths": {"model": str(model_dir.resolve()), "history": str((stage_dir / "history.json").resolve()),
-                  "loss_plot": str(plot.resolve()) if plot else None, "checkpoint": result.checkpoint.path,
-                  "base_model": str(upstream) if stage == "mouse" else None},
-        "elapsed_s": round(time.time() - started, 1),
-    }
-    _write_json(stage_dir / MANIFEST, manifest)
+    for stale in (MANIFEST, "model"):  # nothing of an earlier run may pass for this one's
+        storage.remove(storage.join(stage_dir, stale))
+    with storage.writable(stage_dir) as local:
+        with result.checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / STATE_FILE).read_text())
+            shutil.copytree(Path(folder) / EXPORT_DIR, local / "model")
+        history = state["history"]
+        _write_json(local / "history.json", history)
+        plot = plot_history(history, stage, local / "loss.png")
+        final = {k: v for k, v in (history[-1] if history else {}).items()}
+        first = history[0] if history else {}
+        manifest = {
+            "stage": stage, "status": "complete", "fingerprint": fingerprint,
+            "upstream": upstream_info, "code_version": code_version(),
+            "data_fingerprint": data_fingerprint(corpus_dirs(recipe)),
+            "config": to_dict(recipe), "metrics": final,
+            "first_loss": first.get(f"{stage}/loss"), "final_loss": final.get(f"{stage}/loss"),
+            "steps": state["step"], "resumed_from_step": state.get("resumed_from"),
+            "held_out_loss": state.get("eval", []),
+            "paths": {"model": str(storage.join(stage_dir, "model")),
+                      "history": str(storage.join(stage_dir, "history.json")),
+                      "loss_plot": str(storage.join(stage_dir, "loss.png")) if plot else None,
+                      "checkpoint": result.checkpoint.path,
+                      "base_model": str(upstream) if stage == "mouse" else None},
+            "elapsed_s": round(time.time() - started, 1),
+        }
+    _write_json(storage.join(stage_dir, MANIFEST), manifest)  # last: a manifest means the whole folder is there
     return manifest
