@@ -240,6 +240,14 @@ class ServeConfig:
     """Autoscaling ceiling of each expert deployment (above min_replicas turns autoscaling on)."""
     target_ongoing_requests: int = 4
     """Autoscaling target: in-flight requests per replica."""
+    upscale_delay_s: float = 30.0
+    """How long the load must stay above target before a replica is added (Serve's default)."""
+    downscale_delay_s: float = 600.0
+    """How long the load must stay below target before a replica is removed (Serve's default)."""
+    autoscale_window_s: float = 30.0
+    """The period over which in-flight requests are averaged for those decisions (look_back_period_s)."""
+    proxy_location: Literal["HeadOnly", "EveryNode"] = "HeadOnly"
+    """Where Serve runs HTTP proxies: one address on the head, or every node (behind a load balancer)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port must be in 1..65535")

@@ -245,7 +245,10 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
     scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas or 1}
     if cfg.max_replicas > max(cfg.min_replicas, 1):
         scaling = {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                                          "target_ongoing_requests": cfg.target_ongoing_requests}}
+                                          "target_ongoing_requests": cfg.target_ongoing_requests,
+                                          "upscale_delay_s": cfg.upscale_delay_s,
+                                          "downscale_delay_s": cfg.downscale_delay_s,
+                                          "look_back_period_s": cfg.autoscale_window_s}}
     threads = max(1, int(cfg.expert_cpus))
     handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
                                     max_ongoing_requests=4 * cfg.max_batch_size, **scaling)

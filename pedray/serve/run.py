@@ -32,6 +32,6 @@ def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_nam
     cfg = recipe.serve
     ensure_ray()
     application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
     serve.run(application, name=app_name, route_prefix="/", blocking=blocking)
     return f"http://{cfg.host}:{cfg.port}/v1"

@@ -65,10 +65,13 @@ class _Window:
 
 
 def _status(folder: str | None, rank: int, step: int) -> None:
-    """Heartbeat for operators and fault-injection tests: <status_dir>/rank<r>.json (pid and step)."""
+    """Heartbeat for operators and tests: <status_dir>/rank<r>.json (pid, step and Ray node)."""
     if folder:
+        import ray
+
         path = Path(folder) / f"rank{rank}.json"
-        path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step}))
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step, "node": node}))
 
 
 def _load_model(config: dict[str, Any], recipe: Recipe, ds_config: dict[str, Any]):

@@ -1,0 +1,116 @@
+"""A driver on the simulated cluster of test_autoscale (its own process: the test process holds another Ray).
+
+    python tests/cluster_driver.py MODEL_DIR PORT
+
+Waits until the autoscaler has removed the idle worker nodes, then deploys the Serve app with expert
+autoscaling on, sends a bounded load through HTTP while sampling the expert's running replicas, waits
+for them to come back down, and prints one JSON line with what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+
+REPO = Path(__file__).resolve().parents[1]
+STREAMS, REQUESTS_EACH = 8, 12
+sys.path.insert(0, str(REPO))
+
+
+def alive_workers() -> int:
+    return sum(1 for node in ray.nodes() if node["Alive"] and "node:__internal_head__" not in node["Resources"])
+
+
+def wait(predicate, timeout: float) -> float | None:
+    """Seconds until `predicate()` held, or None after `timeout`."""
+    started = time.time()
+    while time.time() - started < timeout:
+        if predicate():
+            return round(time.time() - started, 1)
+        time.sleep(0.5)
+    return None
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def load(url: str, streams: int, requests_each: int) -> tuple[int, int]:
+    """`streams` threads each sending `requests_each` streamed chat requests: (completed, failed)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    done, failed = [0], [0]
+    lock = threading.Lock()
+
+    def one_stream() -> None:
+        for _ in range(requests_each):
+            try:
+                text = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+                    model="pedray", messages=[{"role": "user", "content": "孩子发热三天了，需要注意什么？"}],
+                    max_tokens=96, temperature=0, stream=True) if chunk.choices)
+                with lock:
+                    done[0] += bool(text)
+            except Exception:  # counted, reported, asserted on by the test
+                with lock:
+                    failed[0] += 1
+
+    threads = [threading.Thread(target=one_stream) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done[0], failed[0]
+
+
+def main() -> None:
+    from ray import serve
+
+    from pedray.config import load_recipe
+    from pedray.serve.run import start
+
+    model, port = sys.argv[1], int(sys.argv[2])
+    ray.init(logging_level="ERROR")  # RAY_ADDRESS names the simulated cluster
+    out = {"workers_at_start": alive_workers()}
+    out["scale_down_s"] = wait(lambda: alive_workers() == 0, 90)
+    out["workers_removed"] = sum(1 for node in ray.nodes()
+                                 if not node["Alive"] and "node:__internal_head__" not in node["Resources"])
+    recipe = load_recipe(REPO / "jobs" / "tiny.yaml", [
+        f"serve.port={port}", "serve.min_replicas=1", "serve.max_replicas=2", "serve.target_ongoing_requests=1",
+        "serve.upscale_delay_s=1", "serve.downscale_delay_s=3", "serve.autoscale_window_s=3",
+        "serve.expert_cpus=0.5", "serve.max_batch_size=2"])
+    url = start(model, recipe)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(running_replicas("pedray", "expert-model"))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out["replicas_before"] = running_replicas("pedray", "expert-model")
+    started = time.time()
+    out["completed"], out["failed"] = load(url, streams=STREAMS, requests_each=REQUESTS_EACH)
+    out["load_s"] = round(time.time() - started, 1)
+    out["replicas_peak"] = max(samples)
+    out["scale_in_s"] = wait(lambda: running_replicas("pedray", "expert-model") == 1, 90)
+    stop.set()
+    sampler.join()
+    out["replicas_after"] = running_replicas("pedray", "expert-model")
+    serve.shutdown()
+    ray.shutdown()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
