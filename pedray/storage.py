@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+UPLOADED = ".pedray-uploaded"
 
 
 def is_uri(location: str | Path) -> bool:
@@ -130,6 +131,14 @@ def upload(folder: Path, location: str) -> None:
     fs, root = filesystem(location)
     fs.create_dir(root, recursive=True)
     pyarrow.fs.copy_files(str(folder), root, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def publish(folder: Path, target: str) -> str:
+    """`folder` uploaded to `target` once: a marker written after the upload says the copy is whole."""
+    if read_text(join(target, UPLOADED)) is None:
+        upload(folder, target)
+        write_text(join(target, UPLOADED), "ok")
+    return target
 
 
 def remove(location: str | Path) -> None:

@@ -10,9 +10,6 @@ from pedray import storage
 from pedray.cache import build_once, cache_root
 from pedray.config.schema import Recipe
 
-UPLOADED = ".pedray-uploaded"  # written after an upload completes
-
-
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
@@ -55,16 +52,8 @@ def corpus_locations(recipe: Recipe) -> list[str | Path]:
     `output_dir`, each folder's own URI or its copy uploaded once to `<output_dir>/corpus/`."""
     if not storage.is_uri(recipe.output_dir):
         return corpus_dirs(recipe)
-    return [remote or _published(folder, storage.join(recipe.output_dir, "corpus", folder.name))
+    return [remote or storage.publish(folder, storage.join(recipe.output_dir, "corpus", folder.name))
             for folder, remote in _corpus(recipe)]
-
-
-def _published(folder: Path, target: str) -> str:
-    """`folder` uploaded to `target` once (a marker written after the upload says it is whole)."""
-    if storage.read_text(storage.join(target, UPLOADED)) is None:
-        storage.upload(folder, target)
-        storage.write_text(storage.join(target, UPLOADED), "ok")
-    return target
 
 
 def base_model_dir(recipe: Recipe) -> str | Path:
@@ -79,7 +68,7 @@ def base_model_dir(recipe: Recipe) -> str | Path:
     folder = default_model_dir(recipe.model.size, seed=recipe.data.seed, cache=cache_root())
     if not storage.is_uri(recipe.output_dir):
         return folder
-    return _published(folder, storage.join(recipe.output_dir, "base", folder.name))
+    return storage.publish(folder, storage.join(recipe.output_dir, "base", folder.name))
 
 
 def stage_dataset(recipe: Recipe, stage: str, tokenizer_path: str | Path, split: str = "train"):

@@ -74,6 +74,7 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
     from pedray.config.schema import EvalConfig
     from pedray.eval.run import evaluate, read_report
     from pedray.eval.sets import heldout_items
+    from pedray.serve.app import expert_layout
     from pedray.serve.run import default_model
     from pedray.train.chain import train_all
     from pedray.workspace import corpus_dirs
@@ -82,7 +83,7 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
     output = f"s3://pedray-run/tiny{query}"
     recipe = load_recipe(REPO / "jobs" / "tiny.yaml", [
         f"output_dir={output}", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5", "stages.cpt.enabled=false",
-        "stages.sft.max_steps=4", "stages.dfpo.max_steps=2", "stages.mouse.max_steps=4"])
+        "stages.sft.max_steps=4", "stages.dfpo.max_steps=2", "stages.mouse.max_steps=4", "lora.gating=task"])
     manifests = train_all(recipe)
     assert list(manifests) == ["sft", "dfpo", "mouse"]
     keys = {info.path for info in filesystem.get_file_info(pyarrow.fs.FileSelector("pedray-run/tiny", recursive=True))}
@@ -110,3 +111,10 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
     report = evaluate(adapter, items, EvalConfig(max_new_tokens=4, batch_size=2, actors=1), out)
     assert read_report(out)["key"] == report["key"]
     assert storage.read_text(storage.join(out, "answers.jsonl")).count("\n") == 2
+
+    # Serving merges the task-gated adapter once per task and puts the merged models beside it in the bucket.
+    experts, routes, tokenizer = expert_layout(adapter, tmp_path / "serve-cache")
+    assert set(routes.values()) == set(experts) and tokenizer.startswith("s3://pedray-run/tiny/")
+    for location in experts.values():
+        assert location.startswith("s3://pedray-run/tiny/mouse/merged-")
+        assert storage.read_json(storage.join(location, "config.json"))["model_type"] == "llama"

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from pedray import storage
 from pedray.config.schema import ServeConfig
 from pedray.serve import safety
 from pedray.serve.api import APIError, chunk, completion, parse_chat
@@ -213,12 +214,11 @@ class Router:
 def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], dict[str, str], str]:
     """(expert name -> model folder, route -> expert name, tokenizer folder) for a model folder.
 
-    A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes).
+    A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes); for
+    an adapter at a URI the merged models are uploaded beside it, so that replicas on any node read them.
     """
     from pedray.model.mouse_io import ADAPTER_FILE, CONFIG_FILE, load_mouse, merge_tasks, read_config
-    from pedray.storage import local_copy
-
-    location, model_dir = str(model_dir), local_copy(model_dir)  # replicas are handed the location itself
+    location, model_dir = str(model_dir), storage.local_copy(model_dir)  # replicas are handed the location itself
     if not (model_dir / CONFIG_FILE).is_file():
         return {"model": location}, dict.fromkeys(TASKS, "model"), location
     config = read_config(model_dir)
@@ -231,7 +231,10 @@ def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], d
         from pedray.model.build import load_tokenizer
 
         merge_tasks(load_mouse(model_dir), folder, load_tokenizer(base))
-    experts = {task: str(folder / task) for task in config["tasks"]}
+    place: str | Path = folder
+    if storage.is_uri(location):
+        place = storage.publish(folder, str(storage.sibling(location, f"merged-{digest}")))
+    experts = {task: str(storage.join(place, task)) for task in config["tasks"]}
     return experts, {task: task for task in TASKS if task in experts}, base
 
 
