@@ -19,21 +19,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # llamafactory_peer
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
 
-def matmul_ceiling(dtype: torch.dtype, threads: int, size: int = 2048, repeats: int = 8) -> float:
-    """GFLOP/s of a square matmul with `threads` threads."""
+def matmul_ceiling(dtype: torch.dtype, threads: int, size: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of a square matmul with `threads` threads (as many repeats as fit in `seconds`, at least 2).
+
+    An emulated dtype (bf16 without AMX/AVX512-BF16) runs ~100 times slower, so it is timed at size 512.
+    """
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b
+    a = torch.randn(size, size, dtype=dtype)
     start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    a @ a
+    if time.perf_counter() - start > 1.0 and size > 512:
+        return matmul_ceiling(dtype, threads, 512, seconds)
+    done, start = 0, time.perf_counter()
+    while done < 2 or time.perf_counter() - start < seconds:
+        a @ a
+        done += 1
+    return 2 * size**3 * done / (time.perf_counter() - start) / 1e9
 
 
 def flops_per_token(model_dir: Path, seq_len: int) -> float:
@@ -124,7 +131,8 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
 
     recipe = load_recipe(None, [
         f"output_dir={out}", f"data.corpus_dir={corpus}", f"model.path={model_dir}", "data.seq_len=512",
-        f"scaling.num_workers={workers}", "scaling.cpus_per_worker=0.5", f"scaling.precision={precision}",
+        f"scaling.num_workers={workers}", "scaling.cpus_per_worker=0.5", f"scaling.threads_per_worker={2 // workers}",
+        f"scaling.precision={precision}",
         f"scaling.zero_stage={zero_stage}", f"scaling.micro_batch_size={micro_batch}", f"stages.sft.max_steps={steps}",
         "stages.sft.log_every=1", f"stages.sft.checkpoint_every={steps * 10}", "stages.sft.eval_rows=0"])
     manifest = run_stage(recipe, "sft", model_dir, out / "sft", {"stage": "base", "fingerprint": "bench"})
@@ -134,71 +142,104 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
     return {"tokens_per_s": statistics.mean(steady), "steps": steps, "windows": len(steady)}
 
 
+def llamafactory_rows(corpus_file: Path, model_dir: Path, steps: int, threads: int, quick: bool,
+                      bf16_fast: bool) -> dict:
+    """LLaMA-Factory 0.9.5 in its own environment: its default (padding, gradient checkpointing) and its
+    best configuration here (neat packing, no checkpointing), each in the fastest precision this CPU has."""
+    from llamafactory_peer import ensure_env, run
+
+    from pedray.cache import cache_root
+
+    python = ensure_env(cache_root() / "peers")
+    precision = "bf16" if bf16_fast else "fp32"
+    configs = {f"llamafactory_packing_{precision}": {"packing": True, "checkpointing": False}}
+    if not quick:
+        configs[f"llamafactory_padding_checkpointing_{precision}"] = {"packing": False, "checkpointing": True}
+    rows = {}
+    for name, config in configs.items():
+        spec = {"model_dir": str(model_dir), "data_file": str(corpus_file), "cutoff": 512, "max_samples": 1000,
+                "batch": 8, "steps": steps, "precision": precision, "threads": threads, **config}
+        result = run(python, spec, Path(tempfile.mkdtemp(prefix="pedray-bench-lf-")))
+        rows[name] = {"tokens_per_s": result["tokens_per_s"], "steps": result["steps"],
+                      "tokens_per_step": round(result["tokens_per_step"], 1)}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps (under two minutes after set-up)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--size", choices=["tiny", "small"], default="small")
-    parser.add_argument("--data", choices=["auto", "pedcorpus"], default="auto",
-                        help="auto: ../shared/data medical_sft_1k when present (real length spread), else PedCorpus")
     parser.add_argument("--zero-stage", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers of the sft stage (threads split)")
+    parser.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory (its environment takes minutes "
+                        "to create on first use)")
     args = parser.parse_args()
-    steps, rows_per_step = (5, 4) if args.quick else (30, 8)
+    steps = 6 if args.quick else 30
     threads = 2
 
     import ray
 
-    from pedray.corpus.generate import write_corpus
     from pedray.data.packing import pack
     from pedray.data.tokenize import encode_conversations
+    from pedray.ingest.prep import prep
     from pedray.model.build import default_model_dir, load_tokenizer
+    from pedray.train.engine import fast_bf16
 
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "medicalgpt" / "medical_sft_1k.jsonl"
+    if not real.is_file():
+        sys.exit(f"train_throughput needs the real-data kit: {real} not found")
     work = Path(tempfile.mkdtemp(prefix="pedray-bench-train-"))
     corpus = work / "corpus"
-    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "medicalgpt" / "medical_sft_1k.jsonl"
-    if real.is_file() and args.data == "auto":
-        from pedray.ingest.prep import prep
-
-        prep([real], corpus, near_duplicate_threshold=1.0)  # real consultations: lengths vary as in practice
-        data_name = "medical_sft_1k"
-    else:
-        write_corpus(corpus, seed=0, count=3000, holdout=0.0)
-        data_name = "pedcorpus"
+    prep([real], corpus, holdout=0.0, near_duplicate_threshold=1.0)  # all 1,000 consultations, as LLaMA-Factory reads them
     model_dir = default_model_dir(args.size)
     tokenizer = load_tokenizer(model_dir)
     docs = encode_conversations(tokenizer, records(corpus, 1000), 512)
     rows = pack(docs, 512, tokenizer.pad_token_id, seed=0)
-    from pedray.train.engine import fast_bf16
-
+    bf16_fast = fast_bf16(False)
     if args.precision == "auto":
-        args.precision = "bf16" if fast_bf16(False) else "fp32"
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    ceiling = matmul_ceiling(dtype, threads)
+        args.precision = "bf16" if bf16_fast else "fp32"
+    ceilings = {"fp32": matmul_ceiling(torch.float32, threads), "bf16": matmul_ceiling(torch.bfloat16, threads)}
+    best = max(ceilings.values())
     per_token = flops_per_token(model_dir, 512)
 
-    results = {"data": data_name, "zero_stage": args.zero_stage, "model": args.size, "precision": args.precision, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "seq_len": 512, "threads": threads,
-               "matmul_ceiling_gflops": round(ceiling, 1), "flops_per_token": per_token}
-    results["plain_loop_1proc"] = plain_loop(model_dir, rows, rows_per_step, steps, args.precision, threads)
+    results = {"data": "medical_sft_1k", "model": args.size, "precision": args.precision,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast_here": bf16_fast,
+               "seq_len": 512, "sequences_per_step": 8, "threads": threads, "flops_per_token": per_token,
+               "matmul_ceiling_gflops": {k: round(v, 1) for k, v in ceilings.items()}}
+    results["plain_loop_1proc"] = plain_loop(model_dir, rows, 8, steps, args.precision, threads)
     results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
+    if not args.no_peer:
+        results.update(llamafactory_rows(real, model_dir, steps, threads, args.quick, bf16_fast))
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    results["pedray_sft_ray_deepspeed"] = ray_stage(model_dir, corpus, work / "run", steps, args.precision, 2,
-                                                    rows_per_step // 2, args.zero_stage)
+    results["pedray_sft_ray_deepspeed"] = ray_stage(model_dir, corpus, work / "run", steps, args.precision,
+                                                    args.workers, 8 // args.workers, args.zero_stage)
     ray.shutdown()
-    for name in ("plain_loop_1proc", "hf_trainer_padding", "pedray_sft_ray_deepspeed"):
-        row = results[name]
-        row["tokens_per_s"] = round(row["tokens_per_s"], 1)
-        row["mfu"] = round(row["tokens_per_s"] * per_token / (ceiling * 1e9), 4)
+    for name, row in results.items():
+        if isinstance(row, dict) and "tokens_per_s" in row:
+            row["tokens_per_s"] = round(row["tokens_per_s"], 1)
+            row["mfu_vs_best_ceiling"] = round(row["tokens_per_s"] * per_token / (best * 1e9), 4)
+            row["mfu_vs_bf16_ceiling"] = round(row["tokens_per_s"] * per_token / (ceilings["bf16"] * 1e9), 4)
 
-    ours = results["pedray_sft_ray_deepspeed"]["tokens_per_s"]
-    versus_hf = ours / results["hf_trainer_padding"]["tokens_per_s"]
-    overhead = 1 - ours / results["plain_loop_1proc"]["tokens_per_s"]
+    ours = results["pedray_sft_ray_deepspeed"]
+    overhead = 1 - ours["tokens_per_s"] / results["plain_loop_1proc"]["tokens_per_s"]
     checks = [
-        {"name": "pedray_vs_hf_trainer", "value": round(versus_hf, 3), "target": ">= 1.5", "met": versus_hf >= 1.5},
-        {"name": "ray_deepspeed_overhead_vs_plain_loop", "value": round(overhead, 3), "target": "<= 0.15",
-         "met": overhead <= 0.15},
+        {"name": "ray_deepspeed_overhead_vs_plain_loop", "value": round(overhead, 3), "target": "<= 0.10",
+         "met": overhead <= 0.10},
+        # On a CPU without AMX or AVX512-BF16 bf16 is emulated and its ceiling is a small fraction of
+        # fp32's: utilisation is then measured against the faster of the two ceilings.
+        {"name": "pedray_mfu_vs_best_ceiling", "value": ours["mfu_vs_best_ceiling"], "target": ">= 0.25",
+         "met": ours["mfu_vs_best_ceiling"] >= 0.25},
     ]
+    peers = {k: v["tokens_per_s"] for k, v in results.items() if k.startswith("llamafactory_")}
+    if peers:
+        versus = ours["tokens_per_s"] / max(peers.values())
+        checks.append({"name": "pedray_vs_llamafactory_best", "value": round(versus, 3), "target": ">= 1.2",
+                       "met": versus >= 1.2})
+    versus_hf = ours["tokens_per_s"] / results["hf_trainer_padding"]["tokens_per_s"]
+    checks.append({"name": "pedray_vs_hf_trainer", "value": round(versus_hf, 3), "target": ">= 1.5",
+                   "met": versus_hf >= 1.5})
     print(json.dumps({"bench": "train_throughput", "results": results, "checks": checks}))
 
 
