@@ -61,13 +61,17 @@ def records(corpus: Path, count: int) -> list[dict]:
 
 
 def plain_loop(model_dir: Path, rows: dict, micro_batch: int, steps: int, precision: str, threads: int) -> dict:
-    """Our loss and packed rows, AdamW, one process, no Ray, no DeepSpeed."""
-    from pedray.losses import causal_lm_loss
+    """The sft stage's loss function (output head on answer tokens only) and packed rows, AdamW, one
+    process, no Ray, no DeepSpeed."""
+    from pedray.config import load_recipe
     from pedray.model.build import load_model
+    from pedray.model.selective import selective_forward
+    from pedray.train.stages import STAGE_SPECS
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = load_model(model_dir)
+    forward, recipe = selective_forward(model, model), load_recipe(None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times, tokens = [], []
     for step in range(steps):
@@ -76,8 +80,7 @@ def plain_loop(model_dir: Path, rows: dict, micro_batch: int, steps: int, precis
                  for k in ("input_ids", "labels", "position_ids")}
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        loss, _ = causal_lm_loss(logits, batch["labels"])
+            loss, _ = STAGE_SPECS["sft"].loss(forward, batch, recipe, "sft")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -137,8 +140,9 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
         "stages.sft.log_every=1", f"stages.sft.checkpoint_every={steps * 10}", "stages.sft.eval_rows=0"])
     manifest = run_stage(recipe, "sft", model_dir, out / "sft", {"stage": "base", "fingerprint": "bench"})
     history = json.loads(Path(manifest["paths"]["history"]).read_text())
-    # the first window holds warm-up, the last one the final export: both left out
-    steady = [h["sft/tokens_per_s"] for h in history[1:-1]] or [h["sft/tokens_per_s"] for h in history]
+    # One window a step. As in every row the first quarter of the steps is warm-up (here also the Ray
+    # Data pipeline tokenising ahead of the model); the last window is left out too.
+    steady = [h["sft/tokens_per_s"] for h in history[max(1, steps // 4):-1]] or [h["sft/tokens_per_s"] for h in history]
     return {"tokens_per_s": statistics.mean(steady), "steps": steps, "windows": len(steady)}
 
 
@@ -175,7 +179,7 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory (its environment takes minutes "
                         "to create on first use)")
     args = parser.parse_args()
-    steps = 6 if args.quick else 30
+    steps = 6 if args.quick else 30  # the first quarter of the steps is warm-up, left out of every row
     threads = 2
 
     import ray
@@ -208,7 +212,8 @@ def main() -> None:
                "seq_len": 512, "sequences_per_step": 8, "threads": threads, "flops_per_token": per_token,
                "matmul_ceiling_gflops": {k: round(v, 1) for k, v in ceilings.items()}}
     results["plain_loop_1proc"] = plain_loop(model_dir, rows, 8, steps, args.precision, threads)
-    results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
+    if not args.quick:  # the slowest row (padding): left out of --quick
+        results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
     if not args.no_peer:
         results.update(llamafactory_rows(real, model_dir, steps, threads, args.quick, bf16_fast))
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -237,9 +242,10 @@ def main() -> None:
         versus = ours["tokens_per_s"] / max(peers.values())
         checks.append({"name": "pedray_vs_llamafactory_best", "value": round(versus, 3), "target": ">= 1.2",
                        "met": versus >= 1.2})
-    versus_hf = ours["tokens_per_s"] / results["hf_trainer_padding"]["tokens_per_s"]
-    checks.append({"name": "pedray_vs_hf_trainer", "value": round(versus_hf, 3), "target": ">= 1.5",
-                   "met": versus_hf >= 1.5})
+    if "hf_trainer_padding" in results:
+        versus_hf = ours["tokens_per_s"] / results["hf_trainer_padding"]["tokens_per_s"]
+        checks.append({"name": "pedray_vs_hf_trainer", "value": round(versus_hf, 3), "target": ">= 1.5",
+                       "met": versus_hf >= 1.5})
     print(json.dumps({"bench": "train_throughput", "results": results, "checks": checks}))
 
 

@@ -85,8 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from pedray import storage
     from pedray.config import load_recipe
     from pedray.data.preview import ensure_ray
     from pedray.eval.run import evaluate, recipe_items
@@ -94,12 +93,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["eval.heldout=false"] if args.no_heldout else [])
     recipe = load_recipe(args.config, overrides)
     items = recipe_items(recipe, args.sets)
-    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    out = storage.as_location(args.out) if args.out else storage.join(args.model, "eval")  # folders or URIs
     ensure_ray()
     report = evaluate(args.model, items, recipe.eval, out)
-    print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, chart {out / 'report.png'}; answers "
-          f"{out / 'answers.jsonl'} ({report['generation']['answers_per_s']:.2f} answers/s)")
+    print(storage.read_text(storage.join(out, "report.md")))
+    files = {name: storage.display(storage.join(out, name)) for name in ("report.json", "report.md", "report.png",
+                                                                         "answers.jsonl")}
+    print(f"report: {files['report.json']}, {files['report.md']}, chart {files['report.png']}; answers "
+          f"{files['answers.jsonl']} ({report['generation']['answers_per_s']:.2f} answers/s)")
     return 0
 
 

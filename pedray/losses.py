@@ -45,6 +45,29 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss, {"loss": loss.detach(), "tokens": mask.sum().detach()}
 
 
+def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a next-token loss is taken and what the targets are.
+
+    Returns `keep` [B, T] (True at position t when token t+1 is labelled) and the targets [N] of the
+    kept positions, in row-major order: what `labelled_lm_loss` takes with the logits at `keep`.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep, labels[:, 1:][keep[:, :-1]]
+
+
+def labelled_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`causal_lm_loss` from logits computed only at the labelled positions ([N, V] against targets [N]).
+
+    Same value as `causal_lm_loss` on the full logits (tested); without a labelled token it is 0.
+    """
+    if targets.numel() == 0:
+        loss = logits.sum() * 0.0
+    else:
+        loss = F.cross_entropy(logits.float(), targets)
+    return loss, {"loss": loss.detach(), "tokens": torch.tensor(targets.numel())}
+
+
 def dfpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,

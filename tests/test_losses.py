@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pedray.losses import causal_lm_loss, dfpo_loss, load_balance_loss, sequence_logps, token_logps
+from pedray.losses import (causal_lm_loss, dfpo_loss, labelled_lm_loss, load_balance_loss, next_token_targets,
+                           sequence_logps, token_logps)
 
 
 def test_causal_lm_loss_golden_uniform_logits():
@@ -30,6 +31,47 @@ def test_token_logps_match_cross_entropy():
     torch.testing.assert_close(logps, reference * mask)
     total, count = sequence_logps(logits, labels)
     assert count.tolist() == [3, 5]
+
+
+def test_labelled_lm_loss_equals_causal_lm_loss_on_the_kept_logits():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 7, 13), torch.randint(0, 13, (3, 7))
+    labels[0, :4] = -100
+    labels[2, 2:5] = -100
+    keep, targets = next_token_targets(labels)
+    assert keep.sum().item() == targets.numel() == 3 + 6 + 3  # labelled tokens at t >= 1, per row
+    full, _ = causal_lm_loss(logits, labels)
+    picked, metrics = labelled_lm_loss(logits[keep], targets)
+    torch.testing.assert_close(picked, full)
+    assert metrics["tokens"].item() == targets.numel()
+    empty, _ = labelled_lm_loss(torch.zeros(0, 13, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0
+
+
+def test_output_head_on_labelled_positions_gives_the_same_loss_and_gradients(tiny_model_dir):
+    """`head_only_at` runs the tiny model's head on the labelled positions only: same loss, same gradients."""
+    from pedray.model.build import load_model
+    from pedray.model.selective import head_only_at
+
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir)
+    ids = torch.randint(5, 200, (2, 24))
+    labels = ids.clone()
+    labels[:, :10] = -100  # the prompt
+    full, _ = causal_lm_loss(model(input_ids=ids).logits, labels)
+    full.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    keep, targets = next_token_targets(labels)
+    with head_only_at(model, keep):
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (targets.numel(), model.config.vocab_size)
+    picked, _ = labelled_lm_loss(logits, targets)
+    picked.backward()
+    torch.testing.assert_close(picked, full)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert model(input_ids=ids).logits.shape == (2, 24, model.config.vocab_size)  # the hook is gone after
 
 
 def test_dfpo_golden_values():

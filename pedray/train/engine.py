@@ -141,9 +141,12 @@ class Engine:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters")
+        from pedray.model.selective import selective_forward
+
         self.config = config
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=trainable, config=config)
+        self._forward = selective_forward(self.engine, self.engine.module)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -159,7 +162,9 @@ class Engine:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def forward(self, *args, **kwargs):
-        return self.engine(*args, **kwargs)
+        """The model's forward through DeepSpeed; `logits_at=` ([B, T] bool) restricts the output head to
+        those positions (see `pedray.model.selective`)."""
+        return self._forward(*args, **kwargs)
 
     def backward_and_step(self, loss: torch.Tensor) -> bool:
         """Backward a micro-batch and step; True when this micro-batch completed an optimizer step."""

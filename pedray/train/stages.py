@@ -15,7 +15,7 @@ import torch
 
 from pedray.config.schema import Recipe
 from pedray.data.columns import IGNORE_INDEX
-from pedray.losses import causal_lm_loss, dfpo_loss, mixture_lm_loss, sequence_logps
+from pedray.losses import dfpo_loss, labelled_lm_loss, mixture_lm_loss, next_token_targets, sequence_logps
 
 Batch = dict[str, torch.Tensor]
 
@@ -49,9 +49,12 @@ def collate_pairs(batch: dict[str, np.ndarray], device: torch.device, pad_id: in
 
 
 def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
-    """Causal LM loss over labelled tokens (cpt: every token; sft/mouse: answers only)."""
-    logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-    return causal_lm_loss(logits, batch["labels"])
+    """Causal LM loss over labelled tokens (cpt: every token; sft: answers only), with the output head
+    run only where a label is taken (`logits_at`: prompt tokens cost no vocabulary projection)."""
+    keep, targets = next_token_targets(batch["labels"])
+    logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                     logits_at=keep).logits
+    return labelled_lm_loss(logits, targets)
 
 
 def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
