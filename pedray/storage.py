@@ -63,6 +63,15 @@ def filesystem(location: str):
     return pyarrow.fs.S3FileSystem(**options), f"{parts.netloc}{parts.path}".rstrip("/")
 
 
+def arrow(location: str | Path) -> tuple[str, Any]:
+    """(path, pyarrow filesystem or None) as Ray Data, Train and Tune take them: a URI's filesystem and
+    its path inside it, or a local folder's absolute path and None."""
+    if is_uri(location):
+        fs, path = filesystem(location)
+        return path, fs
+    return str(Path(location).resolve()), None
+
+
 def sibling(location: str | Path, name: str) -> str | Path:
     """The location of `name` in the same folder as `location`."""
     if not is_uri(location):
@@ -147,7 +156,10 @@ def remove(location: str | Path) -> None:
         import shutil
 
         path = Path(location)
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         return
     import pyarrow.fs
 

@@ -117,8 +117,7 @@ def sweep(recipe: Recipe, upstream: str | Path | None = None) -> dict[str, Any]:
     trials = concurrency(recipe, ray.cluster_resources().get("CPU", 1.0))
     print(f"[tune] {len(grid)} trials of {stage} from {storage.display(upstream)}, {trials} at a time, ASHA on {metric}",
           flush=True)
-    ray_storage = storage.join(root, "ray")
-    filesystem, ray_path = storage.filesystem(ray_storage) if storage.is_uri(ray_storage) else (None, str(ray_storage))
+    ray_path, filesystem = storage.arrow(storage.join(root, "ray"))
     tuner = tune.Tuner(
         # The trial function only drives its Train run: no CPU (even 0.01 would leave less than the whole
         # CPU Ray Data's tasks need beside the workers), a token of memory since Tune wants a non-empty bundle.

@@ -62,11 +62,10 @@ def read_records(files: list[str], seed: int, shuffle: str = "global"):
     if shuffle == "stream":
         files = sorted(files)
         random.Random(seed).shuffle(files)
-    filesystem = None
-    if storage.is_uri(files[0]):  # every node reads the corpus from the storage, none from the driver's disk
-        filesystem = storage.filesystem(files[0])[0]
-        files = [storage.filesystem(f)[1] for f in files]
-    dataset = ray.data.read_json(files, file_extensions=["jsonl"], filesystem=filesystem)  # arrow blocks
+    # A URI: every node reads the corpus from the storage, none from the driver's disk.
+    filesystem = storage.arrow(files[0])[1]
+    paths = [storage.arrow(f)[0] for f in files]
+    dataset = ray.data.read_json(paths, file_extensions=["jsonl"], filesystem=filesystem)  # arrow blocks
     return dataset.random_shuffle(seed=seed) if shuffle == "global" else dataset
 
 

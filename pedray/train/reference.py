@@ -52,7 +52,7 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
     scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy", concurrency=1,
                                  num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
                                                                      "trust_remote_code": trust_remote_code})
-    path, filesystem = _target(out)
+    path, filesystem = storage.arrow(out)
     scored.write_parquet(path, filesystem=filesystem)
     storage.write_text(marker, "ok")
     return out
@@ -62,14 +62,7 @@ def read_scored(folder: str | Path):
     """The scored preference pairs, streamed back from Parquet."""
     import ray.data
 
-    path, filesystem = _target(folder)
-    return ray.data.read_parquet(path, filesystem=filesystem)
-
-
-def _target(location: str | Path):
     from pedray import storage
 
-    if storage.is_uri(location):
-        filesystem, path = storage.filesystem(location)
-        return path, filesystem
-    return str(location), None
+    path, filesystem = storage.arrow(folder)
+    return ray.data.read_parquet(path, filesystem=filesystem)

@@ -96,11 +96,7 @@ def checkpoint_storage(recipe: Recipe) -> tuple[str, Any]:
     server by query, e.g. `?endpoint_override=host:9000&scheme=http`), which every node reaches by
     itself; without it, `<output_dir>/ray` (on that storage when `output_dir` is a URI).
     """
-    location = recipe.storage or storage.join(recipe.output_dir, "ray")
-    if not storage.is_uri(location):
-        return str(Path(location).resolve()), None
-    filesystem, path = storage.filesystem(location)
-    return path, filesystem
+    return storage.arrow(recipe.storage or storage.join(recipe.output_dir, "ray"))
 
 
 def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_name: str,
