@@ -36,9 +36,8 @@ def test_checkpoints_live_in_s3_and_a_rerun_resumes_from_there(ray_local, s3_end
 
     from pedray.train.chain import train_all
 
-    uri = f"s3://pedray-ckpt/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
-    filesystem, _ = pyarrow.fs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
-    filesystem.create_dir("pedray-ckpt")
+    query, filesystem = _bucket(s3_endpoint, "pedray-ckpt")
+    uri = f"s3://pedray-ckpt/runs{query}"
     recipe = load_recipe(REPO / "jobs" / "tiny.yaml", [
         f"output_dir={tmp_path / 'out'}", f"storage={uri}", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
         "stages.sft.max_steps=4", "stages.sft.checkpoint_every=2"])
