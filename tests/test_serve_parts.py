@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pedray.serve.api import APIError, parse_chat
 from pedray.serve.safety import red_flag_rules, red_flags, wrap
@@ -101,3 +102,83 @@ def test_engine_batches_with_per_request_settings(tiny_model_dir):
         stop = alone[1][len(alone[1]) // 2]
         cut, reasons = run([GenRequest(prompts[1], max_tokens=12, stop=[stop])])
         assert cut[0] == alone[1][: alone[1].index(stop)] and reasons == ["stop"]
+
+
+def test_engine_admits_requests_into_a_running_batch(tiny_model_dir):
+    """Continuous batching: requests that come while others decode join them at the next step, finish
+    without waiting for the others, answer (greedy) exactly as alone, and a cancelled one is dropped."""
+    import threading
+
+    from pedray.serve.engine import GenRequest, HFEngine
+
+    engine = HFEngine(str(tiny_model_dir), threads=1, max_batch_size=4)
+    prompts = [engine.encode([{"role": "user", "content": q}]) for q in ("孩子发烧", "宝宝咳嗽有痰怎么办", "腹泻", "皮疹")]
+    alone = ["".join(item[0] for step in engine.stream([GenRequest(p, max_tokens=n)]) for item in step if item)
+             for p, n in zip(prompts, (40, 12, 3, 40))]
+    texts, reasons, done, order = [""] * 4, [None] * 4, [threading.Event() for _ in range(4)], []
+    started = threading.Event()
+
+    def emit(i):
+        def on_item(text, reason):
+            texts[i] += text
+            started.set()
+            if reason is not None:
+                reasons[i] = reason
+                order.append(i)
+                done[i].set()
+        return on_item
+
+    rows = [engine.submit(GenRequest(prompts[0], max_tokens=40), emit(0))]
+    assert started.wait(60)  # the first request is decoding alone; the others join it
+    rows += [engine.submit(GenRequest(p, max_tokens=n), emit(i)) for i, (p, n) in
+             enumerate(zip(prompts[1:], (12, 3, 40)), start=1)]
+    rows[3].cancelled = True
+    for i in (0, 1, 2):
+        assert done[i].wait(120), i
+    assert texts[:3] == alone[:3] and reasons[2] == "length"
+    assert order.index(2) < order.index(0)  # the short late request did not wait for the long early one
+    assert not done[3].is_set() and texts[3] == alone[3][: len(texts[3])]
+    assert max(engine.batch_sizes) >= 2 and engine.batch_sizes.get(1, 0) >= 1
+
+
+def test_rows_joining_a_batch_get_the_logits_they_get_alone(tiny_model_dir):
+    """The exact check behind continuous batching: every step's next-token logits of a row that joined
+    a running batch (its cache padded and stacked, positions its own) and then saw rows leave (columns
+    trimmed) equal the logits of that row decoded alone. The random model's attention is sharpened so
+    that a wrong key, mask or position changes them."""
+    from pedray.serve.engine import GenRequest, HFEngine, _Batch, _Row
+
+    engine = HFEngine(str(tiny_model_dir), threads=1)
+    with torch.no_grad():
+        for name, weight in engine.model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                weight.mul_(8.0)
+    prompts = [engine.encode([{"role": "user", "content": q}]) for q in ("孩子发烧三天了", "咳嗽", "腹泻怎么办呢", "皮疹")]
+    budgets = (9, 12, 3, 6)
+
+    def decode(batch, joins):
+        """Step `batch`; at step k admit joins[k]; the logits each row saw, per step."""
+        seen: dict[int, list[torch.Tensor]] = {}
+        step = 0
+        while batch.rows or any(k >= step for k in joins):
+            if step in joins:
+                batch.admit(joins[step])
+            for i, row in enumerate(batch.rows):
+                seen.setdefault(id(row), []).append(batch.logits[i].clone())
+            batch.sample()
+            batch.retire()
+            if batch.rows:
+                batch.step()
+            step += 1
+        return seen
+
+    rows = [_Row(GenRequest(p, max_tokens=n), engine.tokenizer) for p, n in zip(prompts, budgets)]
+    alone = [decode(_Batch(engine), {0: [_Row(GenRequest(p, max_tokens=n), engine.tokenizer)]})
+             for p, n in zip(prompts, budgets)]
+    together = decode(_Batch(engine), {0: rows[:1], 2: rows[1:3], 5: rows[3:]})
+    for row, own in zip(rows, alone):
+        (expected,) = own.values()
+        got = together[id(row)]
+        assert len(got) == len(expected) == row.request.max_tokens
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)

@@ -29,29 +29,21 @@ from pedray.vocab import TASKS
 
 @serve.deployment
 class Expert:
-    """One model behind Serve's dynamic batching: requests that arrive together decode together."""
+    """One model behind an engine that batches continuously: the Hugging Face engine, or vLLM for a
+    plain model folder (`serve.engine: vllm`)."""
 
-    def __init__(self, model_dir: str, name: str, max_batch_size: int, batch_wait_s: float, threads: int,
-                 stream_interval_s: float = 0.05) -> None:
-        from pedray.serve.engine import HFEngine
-
+    def __init__(self, model_dir: str, name: str, max_batch_size: int, threads: int,
+                 stream_interval_s: float = 0.2, vllm: dict[str, Any] | None = None) -> None:
         self.name, self.interval = name, stream_interval_s
-        self.batch_sizes: list[int] = []
-        self.engine = HFEngine(model_dir, threads)
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_s)
+        if vllm:
+            from pedray.serve.vllm_engine import VLLMEngine
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _batched(self, requests: list[dict[str, Any]]) -> AsyncGenerator[list, None]:
-        from pedray.serve.engine import GenRequest
+            self.engine = VLLMEngine(storage.local_copy(model_dir), vllm["python"], threads, max_batch_size,
+                                     vllm["kv_cache_gib"], vllm["stream_tokens"])
+        else:
+            from pedray.serve.engine import HFEngine
 
-        self.batch_sizes.append(len(requests))
-        steps = self.engine.stream([GenRequest(**r) for r in requests])
-        while True:
-            step = await asyncio.to_thread(next, steps, None)
-            if step is None:
-                return
-            yield [StopIteration if item is None else item for item in step]
+            self.engine = HFEngine(model_dir, threads, max_batch_size)
 
     async def generate(self, request: dict[str, Any]) -> AsyncGenerator[tuple[str, str | None], None]:
         """(text delta, finish reason or None) items for one request.
@@ -62,8 +54,8 @@ class Expert:
         """
         loop = asyncio.get_running_loop()
         pending, last, first = "", 0.0, True
-        async for delta, reason in self._batched(request):
-            pending += delta
+        async for text, reason in self.engine.generate(request):
+            pending += text
             now = loop.time()
             if reason is not None or (pending and (first or now - last >= self.interval)):
                 yield pending, reason
@@ -75,12 +67,10 @@ class Expert:
         return self.name
 
     def whoami(self) -> dict[str, Any]:
-        """This replica's expert name, process id and batching so far (for operators, and tests)."""
+        """This replica's expert name, process id and engine statistics (for operators, and tests)."""
         import os
 
-        sizes = self.batch_sizes
-        return {"expert": self.name, "pid": os.getpid(), "batches": len(sizes),
-                "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0, "max_batch_size": max(sizes, default=0)}
+        return {"expert": self.name, "pid": os.getpid(), **self.engine.stats()}
 
 
 app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
@@ -238,6 +228,21 @@ def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], d
     return experts, {task: task for task in TASKS if task in experts}, base
 
 
+def vllm_python(cfg: ServeConfig) -> str:
+    """The python that runs `vllm serve`: `serve.vllm_python`, else this one if it has vLLM."""
+    import importlib.util
+    import sys
+
+    if cfg.vllm_python:
+        if not Path(cfg.vllm_python).is_file():
+            raise FileNotFoundError(f"serve.vllm_python: no such file {cfg.vllm_python}")
+        return cfg.vllm_python
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise FileNotFoundError("serve.engine=vllm needs vLLM: `python -m pedray vllm-env` makes an environment for "
+                            "it on a CPU machine and prints its python; pass it as serve.vllm_python=PATH")
+
+
 def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], cache: Path):
     """The Serve application for a model folder: its experts, the task classifier, the router."""
     from pedray.serve.classify import TaskClassifier, corpus_examples
@@ -253,9 +258,14 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
                                           "downscale_delay_s": cfg.downscale_delay_s,
                                           "look_back_period_s": cfg.autoscale_window_s}}
     threads = max(1, int(cfg.expert_cpus))
+    vllm = None
+    if cfg.engine == "vllm":
+        vllm = {"python": vllm_python(cfg), "kv_cache_gib": cfg.vllm_kv_cache_gib,
+                "stream_tokens": cfg.vllm_stream_tokens}
     handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
                                     max_ongoing_requests=4 * cfg.max_batch_size, **scaling)
-               .bind(path, name, cfg.max_batch_size, cfg.batch_wait_s, threads, cfg.stream_interval_s)
+               .bind(path, name, cfg.max_batch_size, threads, cfg.stream_interval_s,
+                     None if name == "mouse" else vllm)  # a token-routed adapter has no vLLM implementation
                for name, path in experts.items()}
     import dataclasses
 
