@@ -222,7 +222,8 @@ class _Batch:
 
 
 class HFEngine:
-    """A causal LM (plain folder or MoUSE adapter folder) behind `stream`."""
+    """A causal LM (plain folder or MoUSE adapter folder) behind `generate` (continuous batching on a
+    scheduler thread) and `stream` (a fixed batch in the caller's thread)."""
 
     def __init__(self, model_dir: str, threads: int = 0, max_batch_size: int = 16) -> None:
         from pedray.eval.generate import load_for_eval
