@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -36,15 +35,11 @@ for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 import httpx  # noqa: E402
 
+from pedray.net import free_port  # noqa: E402
+
 QUESTIONS = ["孩子发烧两天，精神还好，要吃药吗？", "宝宝咳嗽有痰，晚上加重怎么办？", "一岁孩子拉肚子怎么护理？",
              "孩子不爱吃饭怎么办？", "小孩起皮疹需要去医院吗？", "孩子流鼻涕打喷嚏是感冒吗？",
              "宝宝晚上睡不安稳怎么办？", "孩子便秘三天了怎么办？"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deploy(model_dir: Path, port: int, replicas: int, cpus: float, overrides: list[str]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import time
 
+from pedray.net import free_port  # noqa: F401  (tests import it from here)
+
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """The first truthy value of `predicate()`; AssertionError naming `what` after `timeout` seconds."""
@@ -15,12 +17,6 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

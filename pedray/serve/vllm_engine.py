@@ -16,7 +16,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -26,14 +25,10 @@ from typing import Any, AsyncIterator
 
 import httpx
 
+from pedray.net import free_port
+
 NAME = "pedray"
 PR_SET_PDEATHSIG = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VLLMEngine:
@@ -43,7 +38,7 @@ class VLLMEngine:
                  kv_cache_gib: int = 1, stream_tokens: int = 1, context: int | None = None,
                  startup_timeout_s: float = 900.0) -> None:
         self.stream_tokens = stream_tokens
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="pedray-vllm-", suffix=".log")[1])
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(int(kv_cache_gib)), OMP_NUM_THREADS=str(threads),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,6 +10,7 @@ from typing import Any, Iterator
 import torch
 
 from pedray.config.schema import OptimConfig, ScalingConfig, StageConfig
+from pedray.net import free_port
 
 TAG = "pedray"  # DeepSpeed also writes a file named "latest" beside the tag folder
 
@@ -66,12 +66,6 @@ def deepspeed_config(scaling: ScalingConfig, optim: OptimConfig, stage: StageCon
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _forget_stale_groups() -> None:
     """Drop DeepSpeed's cached process groups before a new one-process group is made.
 
@@ -104,7 +98,7 @@ def process_group(use_gpu: bool) -> Iterator[None]:
     added = []
     if not dist.is_initialized():
         defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         added = [key for key in defaults if key not in os.environ]
         os.environ.update({key: defaults[key] for key in added})
         _forget_stale_groups()
