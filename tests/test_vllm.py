@@ -69,6 +69,14 @@ def test_vllm_engine_answers_streams_and_stops_like_the_api_says(served_vllm):
     assert short.choices[0].finish_reason == "length"
 
 
+def _group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def test_a_killed_vllm_replica_takes_its_vllm_process_with_it(served_vllm):
     """vLLM runs as a child of the expert replica; SIGKILL of the replica must not leave it running, and
     Serve's replacement replica starts its own."""
@@ -77,17 +85,19 @@ def test_a_killed_vllm_replica_takes_its_vllm_process_with_it(served_vllm):
     handle = serve.get_deployment_handle("expert-model", app_name="vllm")
     before = handle.whoami.remote().result()
     os.kill(before["pid"], signal.SIGKILL)
-
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(lambda: gone(before["vllm_pid"]), 60, "the killed replica's vLLM process to exit")
+    # vLLM's API server starts an engine-core process and others; none may outlive the replica.
+    wait_for(lambda: _group_gone(before["vllm_group"]), 60, "every process of the killed replica's vLLM to exit")
     body = {"messages": [{"role": "user", "content": "宝宝咳嗽"}], "max_tokens": 4}
     wait_for(lambda: httpx.post(f"{served_vllm}/v1/chat/completions", json=body, timeout=300).status_code == 200,
              600, "a replacement replica with its own vLLM", interval=5)
     after = handle.whoami.remote().result()
     assert after["pid"] != before["pid"] and after["vllm_pid"] != before["vllm_pid"]
+
+
+def test_deleting_the_app_stops_every_vllm_process(served_vllm):
+    from ray import serve
+
+    group = serve.get_deployment_handle("expert-model", app_name="vllm").whoami.remote().result()["vllm_group"]
+    assert not _group_gone(group)
+    serve.delete("vllm")
+    wait_for(lambda: _group_gone(group), 60, "every vLLM process of the deleted app to exit")

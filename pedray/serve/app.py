@@ -66,6 +66,13 @@ class Expert:
     def ready(self) -> str:
         return self.name
 
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica gracefully: vLLM's processes go with it (Ray would
+        SIGKILL the API server alone, orphaning the engine core that holds the KV cache)."""
+        close = getattr(getattr(self, "engine", None), "close", None)
+        if close is not None:
+            close()
+
     def whoami(self) -> dict[str, Any]:
         """This replica's expert name, process id and engine statistics (for operators, and tests)."""
         import os

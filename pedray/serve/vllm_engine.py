@@ -120,15 +120,26 @@ class VLLMEngine:
                     yield choice.get("text") or "", choice.get("finish_reason")
 
     def stats(self) -> dict[str, Any]:
-        return {"engine": "vllm", "port": self.port, "vllm_pid": self.process.pid, "log": str(self.log)}
+        # vLLM runs in a session of its own: the group id names all its processes.
+        return {"engine": "vllm", "port": self.port, "vllm_pid": self.process.pid, "vllm_group": self.process.pid,
+                "log": str(self.log)}
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        """Stop vLLM and every process it started (its engine core, workers and resource trackers share
+        its process group): SIGTERM to the group, up to 30 s for the API server to shut down, then
+        SIGKILL to whatever is left of the group (a resource tracker ignores SIGTERM)."""
+        group = self.process.pid
+        try:
+            os.killpg(group, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def __del__(self) -> None:
         try:
