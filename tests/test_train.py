@@ -129,3 +129,43 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     assert "[cpt] complete already" in second.stdout
     manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
     assert manifest["steps"] == 14 and manifest["resumed_from_step"] >= 4
+
+
+class _RecordReports:
+    """A Ray Train callback (it runs in the controller) that appends each report's step to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def make(self):
+        import ray.train
+
+        path = self.path
+
+        class Record(ray.train.UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                with open(path, "a") as handle:
+                    handle.write(json.dumps({"step": metrics[0]["step"], "checkpoint": checkpoint is not None}) + "\n")
+
+        return Record()
+
+
+def test_progress_reports_are_spaced_so_they_never_hold_training_up(ray_local, tmp_path, small_corpus,
+                                                                       tiny_model_dir):
+    """Ray Train's controller takes one report per 2-s poll and `report` blocks until then: progress goes to
+    Ray at most every `report_every_s` (the first at once), while every window stays in the history and
+    checkpoints always report."""
+    from pedray.train.runner import run_stage
+
+    reports = tmp_path / "reports.jsonl"
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path / 'out'}", f"data.corpus_dir={small_corpus}",
+                                "scaling.num_workers=1", "stages.sft.max_steps=10", "stages.sft.log_every=1",
+                                "stages.sft.checkpoint_every=6", "stages.sft.report_every_s=3600",
+                                "stages.sft.eval_rows=0"])
+    manifest = run_stage(recipe, "sft", tiny_model_dir, tmp_path / "sft", {"stage": "base"},
+                         callbacks=[_RecordReports(reports).make()])
+    seen = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert seen == [{"step": 1, "checkpoint": False}, {"step": 6, "checkpoint": True},
+                    {"step": 10, "checkpoint": True}]
+    history = json.loads(Path(manifest["paths"]["history"]).read_text())
+    assert [h["step"] for h in history] == list(range(1, 11))

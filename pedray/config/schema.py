@@ -164,7 +164,11 @@ class StageConfig:
     checkpoint_every: int = 50
     """Report a Ray Train checkpoint every N steps (and at the end)."""
     log_every: int = 5
-    """Print a progress line every N steps."""
+    """Print a progress line every N steps (each window's metrics go into the stage's history)."""
+    report_every_s: float = 5.0
+    """Send the progress metrics to Ray Train at most this often (checkpoints always go). Ray Train's
+    controller takes one report per poll (every 2 s) and `ray.train.report` blocks until it has: a
+    report at every fast step would hold training up (measured: 1.7 s per report on the tiny model)."""
     beta: float = 0.1
     """dfpo: DPO temperature beta."""
     mu: float = 1.0
@@ -181,6 +185,7 @@ class StageConfig:
         _check(self.beta > 0 and self.mu >= 0, "beta must be positive and mu non-negative")
         _check(self.max_failures >= 0, "max_failures must be non-negative")
         _check(self.eval_rows >= 0, "eval_rows must be non-negative")
+        _check(self.report_every_s >= 0, "report_every_s must be non-negative")
 
 
 def _default_stages() -> dict[str, StageConfig]:

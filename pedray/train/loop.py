@@ -50,18 +50,21 @@ class _Window:
         self.count += 1
         self.tokens += tokens
 
-    def reduce(self) -> dict[str, float]:
+    def reduce(self, due: bool = False) -> tuple[dict[str, float], bool]:
+        """The window's mean metrics and tokens/s over every rank, and whether any rank says a progress
+        report is `due` (every rank must make the same number of `ray.train.report` calls)."""
         import torch.distributed as dist
 
         keys = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in keys] + [self.count, self.tokens], dtype=torch.float64)
+        values = torch.tensor([self.sums[k] for k in keys] + [self.count, self.tokens, float(due)],
+                              dtype=torch.float64)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(values)
-        count = max(values[-2].item(), 1.0)
+        count = max(values[-3].item(), 1.0)
         out = {k: values[i].item() / count for i, k in enumerate(keys)}
         elapsed = time.perf_counter() - self.started
-        out["tokens_per_s"] = values[-1].item() / max(elapsed, 1e-9)
-        return out
+        out["tokens_per_s"] = values[-2].item() / max(elapsed, 1e-9)
+        return out, values[-1].item() > 0
 
 
 def _status(folder: str | None, rank: int, step: int) -> None:
@@ -222,6 +225,7 @@ def _train(config: dict[str, Any]) -> None:
     if state["step"] == 0 and not state["eval"]:
         evaluate({})
     window, metrics = _Window(), (state["history"][-1] if state["history"] else {})
+    reported = float("-inf")  # when metrics last went to Ray Train (the first progress report goes at once)
     engine.engine.train()
     while state["step"] < settings.max_steps:
         tensors, tokens = collate(next(batches))
@@ -234,8 +238,10 @@ def _train(config: dict[str, Any]) -> None:
         state["step"] += 1
         _status(config.get("status_dir"), rank, state["step"])
         step, last = state["step"], state["step"] >= settings.max_steps
+        due = False
         if step % settings.log_every == 0 or last:
-            metrics = {f"{stage}/{k}": v for k, v in window.reduce().items()}
+            reduced, due = window.reduce(time.monotonic() - reported >= settings.report_every_s)
+            metrics = {f"{stage}/{k}": v for k, v in reduced.items()}
             metrics.update({f"{stage}/lr": engine.lr, "step": step})
             state["history"].append(metrics)
             window = _Window()
@@ -245,8 +251,10 @@ def _train(config: dict[str, Any]) -> None:
         if (step % settings.checkpoint_every == 0) and not last:
             metrics = evaluate(metrics)
             _checkpoint(engine, state, metrics, rank, local)
-        elif step % settings.log_every == 0 and not last:  # the last step reports with the final checkpoint
+            reported = time.monotonic()
+        elif due and not last:  # the last step reports with the final checkpoint
             ray.train.report(metrics)
+            reported = time.monotonic()
 
     if state["step"] >= settings.max_steps and not state.get("done"):
         metrics = evaluate(metrics)
