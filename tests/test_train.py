@@ -131,23 +131,16 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     assert manifest["steps"] == 14 and manifest["resumed_from_step"] >= 4
 
 
-class _RecordReports:
-    """A Ray Train callback (it runs in the controller) that appends each report's step to a file."""
+def _report_recorder(path: Path):
+    """A Ray Train callback (it runs in the controller) that appends each report's step to `path`."""
+    import ray.train
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    class Record(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as handle:
+                handle.write(json.dumps({"step": metrics[0]["step"], "checkpoint": checkpoint is not None}) + "\n")
 
-    def make(self):
-        import ray.train
-
-        path = self.path
-
-        class Record(ray.train.UserCallback):
-            def after_report(self, run_context, metrics, checkpoint):
-                with open(path, "a") as handle:
-                    handle.write(json.dumps({"step": metrics[0]["step"], "checkpoint": checkpoint is not None}) + "\n")
-
-        return Record()
+    return Record()
 
 
 def test_progress_reports_are_spaced_so_they_never_hold_training_up(ray_local, tmp_path, small_corpus,
@@ -163,7 +156,7 @@ def test_progress_reports_are_spaced_so_they_never_hold_training_up(ray_local, t
                                 "stages.sft.checkpoint_every=6", "stages.sft.report_every_s=3600",
                                 "stages.sft.eval_rows=0"])
     manifest = run_stage(recipe, "sft", tiny_model_dir, tmp_path / "sft", {"stage": "base"},
-                         callbacks=[_RecordReports(reports).make()])
+                         callbacks=[_report_recorder(reports)])
     seen = [json.loads(line) for line in reports.read_text().splitlines()]
     assert seen == [{"step": 1, "checkpoint": False}, {"step": 6, "checkpoint": True},
                     {"step": 10, "checkpoint": True}]
