@@ -109,12 +109,13 @@ def test_a_stage_adds_worker_nodes_which_go_away_and_serve_scales_replicas(fake_
 
     port = free_port()
     driver = subprocess.run([sys.executable, str(REPO / "tests" / "cluster_driver.py"), manifest["paths"]["model"],
-                             str(port)], env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+                             str(port)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert driver.returncode == 0, driver.stdout[-2000:] + driver.stderr[-3000:]
     seen = json.loads(driver.stdout.strip().splitlines()[-1])
     # The idle worker nodes were removed (idle timeout 6 s): none is left alive, and at least the two the
     # stage ran on are dead (on a loaded machine the autoscaler may have replaced a slow-starting node).
     assert seen["scale_down_s"] is not None and seen["workers_removed"] >= 2, seen
-    assert seen["failed"] == 0 and seen["completed"] == 8 * 12, seen  # STREAMS x REQUESTS_EACH of the driver
+    # Every request answered; at least STREAMS x REQUESTS_EACH of the driver, more while the upscale was pending.
+    assert seen["failed"] == 0 and seen["completed"] == seen["sent"] >= 8 * 12, seen
     assert seen["replicas_before"] == 1 and seen["replicas_peak"] == 2, seen  # scaled up under load
     assert seen["scale_in_s"] is not None and seen["replicas_after"] == 1, seen  # and back down after it
