@@ -147,6 +147,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triage(args: argparse.Namespace) -> int:
+    from pedray.safety import triage
+
+    # each argument is one user turn of the same conversation
+    result = triage([{"role": "user", "content": turn} for turn in args.turns])
+    if args.json:
+        _print(result.to_dict())
+    else:
+        print(result.notice() or "no danger sign raised")
+    return 0
+
+
+def cmd_triage_eval(args: argparse.Namespace) -> int:
+    from pedray.safety.evaluate import evaluate, render
+
+    report = evaluate(args.part)
+    if args.json:
+        _print(report)
+    else:
+        print(render(report))
+    return 0 if report["met"] else 1
+
+
 def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML recipe (jobs/*.yaml); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.seq_len=256")
@@ -228,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--root", default=None, help="where (default: the pedray cache)")
     vllm.add_argument("--force", action="store_true", help="make it again")
     vllm.set_defaults(func=cmd_vllm_env)
+
+    checker = verbs.add_parser("triage", help="the danger signs a parent's message(s) raise, and the urgent notice")
+    checker.add_argument("turns", nargs="+", help="the user's turns of one conversation, in order")
+    checker.add_argument("--json", action="store_true", help="signs, reasons and notice as JSON")
+    checker.set_defaults(func=cmd_triage)
+
+    triage_eval = verbs.add_parser("triage-eval", help="recall and false alarms of the triage on the labelled cases; "
+                                   "exit 1 when a target is missed")
+    triage_eval.add_argument("--part", default="test", choices=("test", "dev", "all"),
+                             help="which part of the labelled set (the rules are tuned on dev only)")
+    triage_eval.add_argument("--json", action="store_true")
+    triage_eval.set_defaults(func=cmd_triage_eval)
 
     planner = verbs.add_parser("plan", help="parameter count and DeepSpeed's memory estimate for a recipe")
     planner.add_argument("--architecture", default=None, help="folder with the model's config.json")

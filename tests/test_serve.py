@@ -79,8 +79,16 @@ def test_red_flags_put_urgent_care_first_in_both_modes(served):
     urgent = [{"role": "user", "content": "孩子高烧后抽搐了两分钟，现在很困"}]
     whole = client.chat.completions.create(model="pedray", messages=urgent, max_tokens=4)
     assert whole.choices[0].message.content.startswith(URGENT_NOTICE)
-    assert whole.model_extra["pedray"]["red_flags"] == ["convulsions"]
+    extra = whole.model_extra["pedray"]
+    assert extra["red_flags"] == ["seizure", "drowsy_after_seizure"]
+    assert extra["triage"]["urgent"] and whole.choices[0].message.content.startswith(extra["triage"]["notice"])
+    assert [s["reason"] for s in extra["triage"]["signs"]][0] == "“抽搐”"
     first = next(iter(client.chat.completions.create(model="pedray", messages=urgent, max_tokens=4, stream=True)))
+    assert first.choices[0].delta.content.startswith(URGENT_NOTICE)
+    later = [{"role": "user", "content": "孩子3岁，咳嗽三天了"}, {"role": "assistant", "content": "出现抽搐请就医。"},
+             {"role": "user", "content": "晚上咳得更厉害，还有点喘"}]  # the sign is in the second turn
+    first = next(iter(client.chat.completions.create(model="pedray", messages=later, max_tokens=4, stream=True)))
+    assert first.model_extra["pedray"]["red_flags"] == ["breathing_difficulty"]
     assert first.choices[0].delta.content.startswith(URGENT_NOTICE)
 
 
@@ -187,10 +195,11 @@ def test_gradio_chat_streams_through_the_app(ui_url):
     from gradio_client import Client
 
     client = Client(ui_url, verbose=False)
-    answer = client.predict(message="孩子发烧两天了怎么办？", api_name="/chat")
-    assert DISCLAIMER in answer and "路由" in answer and "专家 model" in answer
-    urgent = client.predict(message="孩子抽搐了", api_name="/chat")
-    assert urgent.startswith(URGENT_NOTICE)
+    answer, alert = client.predict(message="孩子发烧两天了怎么办？", api_name="/chat")
+    assert DISCLAIMER in answer and "路由：" in answer and "专家：通用模型" in answer and alert == ""
+    urgent, alert = client.predict(message="孩子抽搐了", api_name="/chat")
+    assert URGENT_NOTICE not in urgent and DISCLAIMER in urgent  # the notice is the banner, not the answer
+    assert 'role="alert"' in alert and URGENT_NOTICE in alert and "抽搐（惊厥）" in alert
 
 
 def test_chat_page_renders_in_headless_chromium(ui_url, tmp_path):

@@ -8,28 +8,28 @@ import pytest
 import torch
 
 from pedray.serve.api import APIError, parse_chat
-from pedray.serve.safety import red_flag_rules, red_flags, wrap
+from pedray.serve.safety import red_flags, triage, wrap
 from pedray.vocab import DISCLAIMER, URGENT_NOTICE
 
 
 @pytest.mark.parametrize("text, flags", [
-    ("孩子发烧后突然抽搐，眼睛上翻", ["convulsions"]),
-    ("宝宝5个月，拉肚子两天，今天一直没有尿", ["infant_dehydration"]),
-    ("孩子七岁了，今天尿少，是不是喝水少", []),                 # a dehydration sign, but not an infant
-    ("刚出生十天的新生儿发烧38.5度", ["newborn_fever"]),
-    ("孩子喘不上气，嘴唇发紫", ["breathing_difficulty"]),
-    ("叫不醒，一直昏睡", ["altered_consciousness"]),
+    ("孩子发烧后突然抽搐，眼睛上翻", ["seizure"]),
+    ("宝宝5个月，拉肚子两天，今天一直没有尿", ["dehydration"]),
+    ("孩子七岁了，今天尿少，是不是喝水少", []),                 # a little less urine is not "no urine"
+    ("刚出生十天的新生儿发烧38.5度", ["infant_fever"]),
+    ("孩子喘不上气，嘴唇发紫", ["cyanosis", "breathing_difficulty"]),
+    ("叫不醒，一直昏睡", ["hard_to_wake"]),
     ("孩子有点咳嗽，流鼻涕", []),
 ])
-def test_red_flags_are_data_and_match_in_context(text, flags):
+def test_red_flags_stay_the_public_entry_point(text, flags):
     assert red_flags(text) == flags
 
 
-def test_every_answer_has_the_disclaimer_and_red_flags_put_urgent_care_first():
-    assert set(red_flag_rules()) >= {"breathing_difficulty", "convulsions", "altered_consciousness", "infant_dehydration"}
-    urgent = wrap("多喝水。", ["convulsions"])
-    assert urgent.startswith(URGENT_NOTICE) and urgent.endswith(DISCLAIMER)
-    calm = wrap("多喝水。", [])
+def test_every_answer_has_the_disclaimer_and_red_flags_put_the_notice_first():
+    result = triage([{"role": "user", "content": "孩子抽搐了"}])
+    urgent = wrap("多喝水。", result)
+    assert urgent.startswith(URGENT_NOTICE) and result.notice() in urgent and urgent.endswith(DISCLAIMER)
+    calm = wrap("多喝水。", triage([{"role": "user", "content": "孩子有点咳嗽"}]))
     assert calm.startswith("多喝水") and calm.endswith(DISCLAIMER)
 
 

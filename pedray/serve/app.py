@@ -150,12 +150,12 @@ class Router:
                                param="messages")
         except APIError as err:
             return JSONResponse(err.body(), status_code=err.status)
-        asked = "\n".join(m["content"] for m in chat.messages if m["role"] == "user")
         route = chat.task or self.classifier.predict(chat.messages[-1]["content"])
         expert = self.routes[route]
         self.counts[route] += 1
         self.metric.inc(tags={"route": route, "expert": expert})
-        info = {"route": route, "expert": expert, "red_flags": safety.red_flags(asked)}
+        urgent, flags = safety.info(chat.messages)  # the whole conversation, not only the last turn
+        info = {"route": route, "expert": expert, **flags}
         headers = {"X-Pedray-Route": route, "X-Pedray-Expert": expert}
         job = {"prompt_ids": prompt_ids, "max_tokens": chat.max_tokens, "temperature": chat.temperature,
                "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed}
@@ -164,12 +164,13 @@ class Router:
         pieces = self._pieces(expert, job)
         model = chat.model or self.cfg.model_name
         if chat.stream:
-            return StreamingResponse(self._sse(pieces, model, info), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(self._sse(pieces, model, info, safety.preface(urgent)),
+                                     media_type="text/event-stream", headers=headers)
         answer, finish = [], "stop"
         async for delta, reason in pieces:
             answer.append(delta)
             finish = reason or finish
-        text = safety.wrap("".join(answer), info["red_flags"])
+        text = safety.wrap("".join(answer), urgent)
         used = len(self.tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
         return JSONResponse(completion(model, text, finish, len(prompt_ids), used, info), headers=headers)
 
@@ -195,9 +196,9 @@ class Router:
                     raise
                 self.retries += 1
 
-    async def _sse(self, pieces, model: str, info: dict[str, Any]) -> AsyncGenerator[str, None]:
+    async def _sse(self, pieces, model: str, info: dict[str, Any], preface: str) -> AsyncGenerator[str, None]:
         id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        yield chunk(id, model, {"role": "assistant", "content": safety.preface(info["red_flags"])}, pedray=info)
+        yield chunk(id, model, {"role": "assistant", "content": preface}, pedray=info)
         finish = "stop"
         async for delta, reason in pieces:
             finish = reason or finish

@@ -1,44 +1,32 @@
-"""Safety wrapping of every answer: red-flag symptoms put an urgent-care instruction first; every answer
-ends with the disclaimer. The red-flag list is data (`red_flags.yaml`)."""
+"""Safety wrapping of every answer: the triage of the conversation (`pedray.safety`) puts an urgent-care
+notice first when a danger sign is raised; every answer ends with the disclaimer."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
-from pedray.vocab import DISCLAIMER, URGENT_NOTICE
+from pedray.safety.signs import Triage, red_flags, triage
+from pedray.vocab import DISCLAIMER
 
-RED_FLAGS_FILE = Path(__file__).with_name("red_flags.yaml")
-
-
-@lru_cache(maxsize=1)
-def red_flag_rules() -> dict[str, dict[str, list[str]]]:
-    import yaml
-
-    rules = yaml.safe_load(RED_FLAGS_FILE.read_text(encoding="utf-8"))
-    for name, rule in rules.items():
-        if not rule.get("any"):
-            raise ValueError(f"{RED_FLAGS_FILE}: red flag {name!r} has no 'any' terms")
-    return rules
+__all__ = ["closing", "preface", "red_flags", "triage", "wrap"]
 
 
-def red_flags(text: str) -> list[str]:
-    """Names of the red flags the text raises (empty when none)."""
-    compact = "".join(text.split())
-    return [name for name, rule in red_flag_rules().items()
-            if any(term in compact for term in rule["any"])
-            and (not rule.get("with") or any(term in compact for term in rule["with"]))]
-
-
-def preface(flags: list[str]) -> str:
-    """What goes before the model's answer: the urgent-care instruction when any red flag is raised."""
-    return URGENT_NOTICE + "\n\n" if flags else ""
+def preface(result: Triage) -> str:
+    """What goes before the model's answer: the urgent-care notice when any danger sign is raised."""
+    return result.notice() + "\n\n" if result.urgent else ""
 
 
 def closing() -> str:
     return "\n\n" + DISCLAIMER
 
 
-def wrap(answer: str, flags: list[str]) -> str:
+def wrap(answer: str, result: Triage) -> str:
     """The whole answer as sent; the same text a streamed answer adds up to (nothing is stripped)."""
-    return preface(flags) + answer + closing()
+    return preface(result) + answer + closing()
+
+
+def info(messages: list[dict[str, Any]]) -> tuple[Triage, dict[str, Any]]:
+    """The triage of a chat, and what the API response carries of it (`red_flags`: the sign names;
+    `triage`: urgent, each sign with its reason and advice, the notice)."""
+    result = triage(messages)
+    return result, {"red_flags": result.names, "triage": result.to_dict()}

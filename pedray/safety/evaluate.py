@@ -1,0 +1,92 @@
+"""The triage layer measured on our labelled cases (`cases_dev.yaml`, `cases_test.yaml`): recall of
+urgent cases and false alarms on everyday ones, overall and per category, with every miss listed.
+
+The rules are tuned on the dev part only; the test part is the figure we report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pedray.safety.signs import triage
+
+PARTS = ("dev", "test")
+TARGETS = {"recall": 0.98, "false_alarm_rate": 0.05}
+
+
+def load_cases(part: str) -> list[dict[str, Any]]:
+    """The labelled cases of one part ('dev', 'test' or 'all'), each with its chat `messages`."""
+    if part == "all":
+        return [case for name in PARTS for case in load_cases(name)]
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS} or 'all', got {part!r}")
+    cases = yaml.safe_load(Path(__file__).with_name(f"cases_{part}.yaml").read_text(encoding="utf-8"))
+    for case in cases:
+        turns = case.get("turns") or [case["text"]]
+        messages = []
+        for turn in turns:  # the assistant's turns between are neutral: the triage reads the user's
+            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "好的，请再说说孩子的情况。"}]
+        case["messages"], case["part"] = messages[:-1], part
+    return cases
+
+
+def _rate(hits: int, total: int) -> float | None:
+    return round(hits / total, 4) if total else None
+
+
+def evaluate(part: str = "test") -> dict[str, Any]:
+    """Recall, false-alarm rate, per-category figures, misses and false alarms on one part."""
+    by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # [flagged, cases, urgent]
+    misses, false_alarms = [], []
+    urgent_total = urgent_hit = everyday_total = everyday_flagged = 0
+    for case in load_cases(part):
+        result = triage(case["messages"])
+        text = " || ".join(m["content"] for m in case["messages"] if m["role"] == "user")
+        counts = by_category[case["category"]]
+        counts[0] += result.urgent
+        counts[1] += 1
+        counts[2] = int(case["urgent"])
+        if case["urgent"]:
+            urgent_total += 1
+            urgent_hit += result.urgent
+            if not result.urgent:
+                misses.append({"category": case["category"], "text": text})
+        else:
+            everyday_total += 1
+            everyday_flagged += result.urgent
+            if result.urgent:
+                false_alarms.append({"category": case["category"], "text": text, "signs": result.names,
+                                     "reasons": [s.reason for s in result.signs]})
+    recall = _rate(urgent_hit, urgent_total)
+    false_alarm = _rate(everyday_flagged, everyday_total)
+    return {"part": part, "urgent_cases": urgent_total, "everyday_cases": everyday_total,
+            "recall": recall, "false_alarm_rate": false_alarm,
+            "per_category": {name: {"urgent": bool(urgent), "flagged": flagged, "cases": total,
+                                    "recall" if urgent else "false_alarm_rate": _rate(flagged, total)}
+                             for name, (flagged, total, urgent) in sorted(by_category.items(), key=lambda x: -x[1][2])},
+            "targets": TARGETS,
+            "met": recall is not None and false_alarm is not None and recall >= TARGETS["recall"]
+            and false_alarm <= TARGETS["false_alarm_rate"],
+            "misses": misses, "false_alarms": false_alarms}
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as a person reads it: the two figures, a line per category, every miss."""
+    lines = [f"triage on the {report['part']} part: {report['urgent_cases']} urgent, {report['everyday_cases']} everyday",
+             f"recall of urgent cases {report['recall']:.1%} (target >= {TARGETS['recall']:.0%}); "
+             f"false alarms on everyday questions {report['false_alarm_rate']:.1%} "
+             f"(target <= {TARGETS['false_alarm_rate']:.0%}): {'met' if report['met'] else 'NOT met'}",
+             "", "category              flagged/cases"]
+    lines += [f"  {name:<20} {row['flagged']:>3}/{row['cases']:<3} "
+              + (f"recall {row['recall']:.0%}" if row["urgent"] else f"false alarms {row['false_alarm_rate']:.0%}")
+              for name, row in report["per_category"].items()]
+    lines += ["", f"missed urgent cases: {len(report['misses'])}"]
+    lines += [f"  [{m['category']}] {m['text']}" for m in report["misses"]]
+    lines += [f"false alarms: {len(report['false_alarms'])}"]
+    lines += [f"  [{f['category']}] {f['text']} -> {', '.join(f['signs'])} {' '.join(f['reasons'])}"
+              for f in report["false_alarms"]]
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""Triage of a conversation: which pediatric danger signs the parent's messages raise, and the urgent
+notice that goes first in the answer.
+
+The signs are data (`signs.yaml`); a mention counts only when it is live: not negated ("没有抽搐"), not
+in the past ("两年前抽搐过一次"), not a general question ("热性惊厥会影响智力吗"). Numbers are read as
+numbers with age-dependent thresholds (`numbers.py`). Only the user's turns are read (an assistant's
+"如果出现抽搐请就医" raises nothing), all of them: an age given in the first turn applies to a
+temperature given in the third.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from pedray.safety import numbers
+from pedray.vocab import URGENT_NOTICE
+
+SIGNS_FILE = Path(__file__).with_name("signs.yaml")
+GROUPS = ("fever_infant", "breathing", "neuro", "dehydration", "skin_circulation", "abdomen", "jaundice",
+          "injury", "poisoning", "choking")
+
+_CLAUSE_END = re.compile(r"[，,。！？!?\n；;：:]|但是|但|可是|不过|然而|却")
+_SENTENCE_END = re.compile(r"[。！？!?\n；;]")
+# A negation right before a mention, with the few words that may stand between ("没有出现抽搐",
+# "也没吐", "没有呕吐和抽搐"); "是不是"/"有没有" ask, they do not deny.
+_NEGATED = re.compile(r"(?:没有|没|无|未|不|否认|从未|从来没有?|并非)(?:有|出现|再|发生|见|任何|明显|也|都|过|什么|"
+                      r"并|一点|太|怎么|再次|发现|会|曾)*(?:[^，。,；、]{1,6}[、和或及])*$")
+_ASKING = re.compile(r"(?:是不是|有没有|会不会|是不|有没)$")
+_PAST = re.compile(r"以前|之前|去年|前年|小时候|曾经|上次|上个月|上周|上星期|出生时|那时|当时|岁时|岁的时候|有过|得过|出现过|"
+                   r"发生过|抽过|[搐厥]过|(?:\d+|[一二两三四五六七八九十几半]+)(?:个)?多?(?:年|月|周|星期|礼拜)(?:以)?前")
+_RECENT = re.compile(r"刚才|刚刚|刚|现在|今天|今早|今晚|昨晚|昨天|正在|又|这次|突然|一直|还在|目前")
+_CONDITIONAL = re.compile(r"如果|假如|万一|要是|假设")
+_GENERAL = re.compile(r"预防|会不会|会引起|会导致|会影响|是什么|什么是|有哪些|哪些|怎么判断|如何判断|怎样判断|什么原因|原因|"
+                      r"区别|急救方法|怎么急救|如何急救|怎么处理|为什么|多少需要|怎么护理|遗传|(?:时|的时候)[^，。,]{0,10}吗")
+
+FEVER = r"发烧|发热|高烧|低烧|烧到|体温高|发高烧"
+VOMIT = r"呕吐|吐"
+JAUNDICE = r"黄疸|发黄|黄了|皮肤黄|脸黄|全身黄|很黄|变黄"
+HEAD_TRAUMA = (r"(?:摔|磕|撞|跌|碰|砸|掉|坠)[^，。,；没不无未]{0,8}(?:头|脑袋|后脑|额头)|"
+               r"(?:头|脑袋|后脑勺?|额头)[^，。,；没不无未]{0,4}(?:被?撞|磕|摔|着地|碰)")
+AFTER_HEAD_TRAUMA = (r"呕吐|吐|想睡|嗜睡|犯困|迷糊|叫不醒|昏|晕|意识|抽搐|精神不好|精神差|耳朵流血|鼻子流清水|"
+                     r"不想说话|不说话|不认人|反应慢|站不稳|走路不稳|重影")
+SEVERE_HEADACHE = r"(?:头痛|头疼)[^，。,；]{0,4}(?:厉害|剧烈|受不了|炸|要命|不行)|剧烈头(?:痛|疼)"
+NO_URINE = r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)(?:都|也)没有?|尿(?:不湿|布)[^，。,；]{0,6}干"
+PALE_STOOL = r"(?:大便|便便|粪便)[^，。,；没不无未]{0,4}(?:发白|白色|灰白|陶土)"
+
+
+@dataclass(frozen=True)
+class Sign:
+    """One danger sign the conversation raised: what it is, what in the text raised it, in which turn."""
+
+    name: str
+    group: str
+    label: str
+    reason: str
+    advice: str
+    turn: int
+
+
+@dataclass(frozen=True)
+class Triage:
+    """The danger signs of a conversation (empty: nothing urgent) and the notice they call for."""
+
+    signs: tuple[Sign, ...] = ()
+
+    @property
+    def urgent(self) -> bool:
+        return bool(self.signs)
+
+    @property
+    def names(self) -> list[str]:
+        return [sign.name for sign in self.signs]
+
+    def notice(self) -> str:
+        """The urgent-care notice in plain Chinese (empty when nothing is urgent): what to do now, which
+        signs raised it and why, and the first thing to do for each."""
+        if not self.signs:
+            return ""
+        found = "；".join(f"{sign.label}（{sign.reason}）" for sign in self.signs)
+        advice = dict.fromkeys(sign.advice for sign in self.signs)  # one line each, in order, no repeats
+        return "\n".join([URGENT_NOTICE, f"危险信号：{found}。", *(f"- {line}" for line in advice)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"urgent": self.urgent, "signs": [asdict(sign) for sign in self.signs], "notice": self.notice()}
+
+
+@dataclass
+class Rule:
+    """A sign as `signs.yaml` writes it, its patterns compiled."""
+
+    name: str
+    group: str
+    label: str
+    advice: str
+    match: list[re.Pattern] = field(default_factory=list)
+    with_: list[re.Pattern] = field(default_factory=list)
+    unless: list[re.Pattern] = field(default_factory=list)
+    check: str | None = None
+
+
+@lru_cache(maxsize=1)
+def rules() -> tuple[Rule, ...]:
+    """The signs of `signs.yaml`, checked: every sign has a known group and a way to be found."""
+    loaded = []
+    for name, spec in yaml.safe_load(SIGNS_FILE.read_text(encoding="utf-8")).items():
+        unknown = set(spec) - {"group", "label", "advice", "match", "with", "unless", "check"}
+        if unknown or spec.get("group") not in GROUPS or not spec.get("label") or not spec.get("advice"):
+            raise ValueError(f"{SIGNS_FILE}: sign {name!r} needs group (one of {GROUPS}), label and advice; "
+                             f"unknown keys {sorted(unknown)}")
+        if not spec.get("match") and not spec.get("check"):
+            raise ValueError(f"{SIGNS_FILE}: sign {name!r} has neither 'match' nor 'check'")
+        if spec.get("check") and spec["check"] not in CHECKS:
+            raise ValueError(f"{SIGNS_FILE}: sign {name!r}: no check named {spec['check']!r} (have {sorted(CHECKS)})")
+        compile_all = lambda key: [re.compile(p) for p in spec.get(key) or []]  # noqa: E731
+        loaded.append(Rule(name, spec["group"], spec["label"], spec["advice"], compile_all("match"),
+                           compile_all("with"), compile_all("unless"), spec.get("check")))
+    return tuple(loaded)
+
+
+def _span(text: str, start: int, end: int, boundary: re.Pattern) -> tuple[int, int]:
+    """The stretch of text between the boundaries around [start, end)."""
+    left = 0
+    for found in boundary.finditer(text, 0, start):
+        left = found.end()
+    after = boundary.search(text, end)
+    return left, after.start() if after else len(text)
+
+
+def is_live(text: str, start: int, end: int) -> bool:
+    """Whether the mention text[start:end] is affirmed, current and about this child."""
+    left, right = _span(text, start, end, _CLAUSE_END)
+    clause, before = text[left:right], text[left:start]
+    if _NEGATED.search(before) and not _ASKING.search(before):
+        return False
+    recent = _RECENT.search(clause) is not None
+    if _PAST.search(clause) and not recent:
+        return False
+    if _CONDITIONAL.search(clause):
+        return False
+    happened = text.startswith("了", end) or recent
+    return not (_GENERAL.search(clause) and not happened)
+
+
+class Conversation:
+    """The user's turns of a chat, with what holds across them (the child's age, temperatures)."""
+
+    def __init__(self, turns: list[tuple[int, str]]) -> None:
+        self.turns = turns
+        ages = [age for _, text in turns if (age := numbers.age_months(text)) is not None]
+        self.age = ages[-1] if ages else None  # the latest the parent said
+        self.temperatures = [t for _, text in turns for t in numbers.temperatures(text)]
+
+    def live(self, pattern: str | re.Pattern, turns: Iterable[tuple[int, str]] | None = None
+             ) -> tuple[int, re.Match] | None:
+        """The first live mention of a pattern in the given turns (all by default)."""
+        for index, text in self.turns if turns is None else turns:
+            for found in re.finditer(pattern, text):
+                if is_live(text, found.start(), found.end()):
+                    return index, found
+        return None
+
+    def has_fever(self) -> bool:
+        if self.temperatures:
+            return max(self.temperatures) >= 38.0
+        return self.live(FEVER) is not None
+
+
+def _age_words(months: float | None) -> str:
+    if months is None:
+        return "年龄未说明"
+    if months < 1:
+        return f"出生{max(1, round(months * numbers.DAYS_PER_MONTH))}天"
+    if months < 24:
+        return f"{months:.1f}个月".replace(".0个", "个")
+    return f"{months / 12:.1f}岁".replace(".0岁", "岁")
+
+
+def _infant_fever(chat: Conversation) -> tuple[int, str] | None:
+    if chat.age is None or chat.age >= 3 or not chat.has_fever():
+        return None
+    told = f"{max(chat.temperatures)}℃" if chat.temperatures else "家长说发烧"
+    return chat.turns[-1][0], f"{_age_words(chat.age)}，{told}"
+
+
+def _fast_breathing(chat: Conversation) -> tuple[int, str] | None:
+    threshold = numbers.fast_breathing_threshold(chat.age)
+    for index, text in chat.turns:
+        for clause in _CLAUSE_END.split(text):
+            rate = numbers.breathing_rate(clause)
+            if rate is not None and rate >= threshold and is_live(clause, 0, len(clause)):
+                return index, f"每分钟呼吸{rate:g}次，{_age_words(chat.age)}的孩子达到{threshold}次即为呼吸急促"
+    return None
+
+
+def _headache_vomiting(chat: Conversation) -> tuple[int, str] | None:
+    headache = chat.live(SEVERE_HEADACHE)
+    if headache and chat.live(VOMIT):
+        return headache[0], f"“{headache[1].group()}”并呕吐"
+    return None
+
+
+def _no_urine(chat: Conversation) -> tuple[int, str] | None:
+    limit = 6 if chat.age is None or chat.age < 12 else 8
+    for index, text in chat.turns:
+        for found in re.finditer(NO_URINE, text):
+            if not is_live(text, found.start(), found.end()):
+                continue
+            left, right = _span(text, found.start(), found.end(), _SENTENCE_END)
+            span = numbers.hours(text[left:right])
+            if span is None or span >= limit:
+                told = f"{span:g}小时" if span is not None else "家长说"
+                return index, f"“{found.group()}”（{told}；超过{limit}小时没有尿需要就医）"
+    return None
+
+
+def _early_jaundice(chat: Conversation) -> tuple[int, str] | None:
+    jaundice = chat.live(JAUNDICE)
+    if jaundice and chat.age is not None and chat.age * numbers.DAYS_PER_MONTH <= 1.05:
+        return jaundice[0], f"{_age_words(chat.age)}就出现“{jaundice[1].group()}”"
+    return None
+
+
+def _pale_stool(chat: Conversation) -> tuple[int, str] | None:
+    stool = chat.live(PALE_STOOL)
+    if stool and ((chat.age is not None and chat.age < 12) or chat.live(JAUNDICE)):
+        return stool[0], f"“{stool[1].group()}”"
+    return None
+
+
+def _head_injury(chat: Conversation) -> tuple[int, str] | None:
+    trauma = chat.live(HEAD_TRAUMA)
+    after = chat.live(AFTER_HEAD_TRAUMA) if trauma else None
+    if trauma and after:
+        return after[0], f"“{trauma[1].group()}”后“{after[1].group()}”"
+    return None
+
+
+CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
+    "infant_fever": _infant_fever, "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting,
+    "no_urine": _no_urine, "early_jaundice": _early_jaundice, "pale_stool": _pale_stool, "head_injury": _head_injury}
+
+
+def _find(rule: Rule, chat: Conversation) -> tuple[int, str] | None:
+    excluded = {index for index, text in chat.turns if any(p.search(text) for p in rule.unless)}
+    if rule.check:
+        hit = CHECKS[rule.check](chat)
+        if hit and hit[0] not in excluded:
+            return hit
+    for index, text in chat.turns:
+        if index in excluded:
+            continue
+        for pattern in rule.match:
+            hit = chat.live(pattern, [(index, text)])
+            if hit and (not rule.with_ or any(chat.live(p) for p in rule.with_)):
+                return index, f"“{hit[1].group()}”"
+    return None
+
+
+def triage(messages: list[dict[str, Any]]) -> Triage:
+    """The danger signs the user's turns of a chat raise, in the order of `signs.yaml`."""
+    turns = [(i, m["content"]) for i, m in enumerate(messages)
+             if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    chat = Conversation(turns)
+    signs = []
+    for rule in rules():
+        hit = _find(rule, chat)
+        if hit:
+            signs.append(Sign(rule.name, rule.group, rule.label, hit[1], rule.advice, hit[0]))
+    return Triage(tuple(signs))
+
+
+def red_flags(text: str) -> list[str]:
+    """Names of the danger signs one message raises (empty when none)."""
+    return triage([{"role": "user", "content": text}]).names
