@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from pedray.config import load_recipe
-    from pedray.data.preview import ensure_ray
+    from pedray.cluster import ensure_ray
     from pedray.tune import sweep
 
     recipe = load_recipe(args.config, args.overrides)
@@ -88,7 +88,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pedray import storage
     from pedray.config import load_recipe
-    from pedray.data.preview import ensure_ray
+    from pedray.cluster import ensure_ray
     from pedray.eval.run import evaluate, recipe_items
 
     overrides = list(args.overrides) + (["eval.heldout=false"] if args.no_heldout else [])
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.set_defaults(func=cmd_corpus)
 
     init = verbs.add_parser("init-model", help="train the tokenizer and build the default Llama model")
-    init.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    init.add_argument("--size", choices=["tiny", "mini", "small"], default="tiny")
     init.add_argument("--out", required=True)
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=cmd_init_model)

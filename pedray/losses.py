@@ -68,6 +68,46 @@ def labelled_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
     return loss, {"loss": loss.detach(), "tokens": torch.tensor(targets.numel())}
 
 
+def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                      position_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level unlikelihood (Welleck et al., 2020, "Neural Text Generation with Unlikelihood
+    Training", arXiv 1908.04319): at every labelled position, push down the probability of the tokens the
+    answer already produced, other than the right one:
+
+        L_UL = -(1/N) * sum_t sum_{c in C_t} log(1 - p_t(c)),  C_t = {y_s : s < t, same document} minus {y_t}
+
+    A model that does not know the next item of a list otherwise puts its mass on the item it just
+    wrote, and greedy decoding loops ("发热、发热、发热"). Prompts are not candidates (an answer may repeat
+    the question's words); packed documents (position_ids restart at 0) do not share candidates.
+
+    Golden value: one document, targets [0, 1, 0] over V = 3 with uniform logits: C = {}, {0}, {1}, so
+    L = -(2 * log(2/3)) / 3 = 0.2703.
+
+    Args:
+        logits: [N, V] at the kept positions (row-major), as `labelled_lm_loss` takes them.
+        targets: [N] next tokens at those positions.
+        keep: [B, T] where a next-token loss is taken (`next_token_targets`).
+        position_ids: [B, T] positions, restarting at 0 for every packed document.
+    """
+    if targets.numel() == 0:
+        zero = logits.sum() * 0.0
+        return zero, {"unlikelihood": zero.detach()}
+    document = (position_ids == 0).cumsum(-1)  # [B, T] document index within each row
+    rows = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1).expand_as(keep)[keep]  # [N]
+    docs = document[keep]  # [N]
+    order = torch.arange(targets.numel(), device=targets.device)
+    # earlier[i, j]: target j came before target i in the same row and document (row-major order keeps
+    # each row's positions ascending)
+    earlier = (rows[:, None] == rows[None, :]) & (docs[:, None] == docs[None, :]) & (order[None, :] < order[:, None])
+    candidates = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(
+        1, targets.unsqueeze(0).expand(targets.numel(), -1), earlier.float()) > 0
+    candidates[order, targets] = False
+    probs = torch.softmax(logits.float(), dim=-1)
+    penalty = -torch.log1p(-probs.clamp(max=1 - 1e-6)) * candidates
+    loss = penalty.sum() / targets.numel()
+    return loss, {"unlikelihood": loss.detach()}
+
+
 def dfpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,

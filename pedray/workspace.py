@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pedray import storage
 from pedray.cache import build_once, cache_root
+from pedray.corpus import corpus_version
 from pedray.config.schema import Recipe
 
 def _fingerprint(obj) -> str:
@@ -26,7 +27,8 @@ def _corpus(recipe: Recipe) -> list[tuple[Path, str | None]]:
             raise FileNotFoundError(f"data.corpus_dir {data.corpus_dir} does not exist")
         folders = [(folder, data.corpus_dir if storage.is_uri(data.corpus_dir) else None)]
     else:
-        key = _fingerprint({"seed": data.seed, "count": data.instructions, "holdout": data.holdout, "v": 1})
+        key = _fingerprint({"seed": data.seed, "count": data.instructions, "holdout": data.holdout,
+                            "version": corpus_version()})
         folder = cache_root() / f"pedcorpus-{key}"
         folders = [(build_once(folder, lambda out: write_corpus(out, data.seed, data.instructions, data.holdout),
                                "summary.json"), None)]

@@ -29,7 +29,7 @@ def test_recipe_inherits_from_base_and_overrides_apply():
 
 @pytest.mark.parametrize("override, words", [
     ("optim.lrr=1", ["optim.lrr", "allowed", "lr, weight_decay"]),
-    ("model.size=huge", ["model.size", "'tiny', 'small'"]),
+    ("model.size=huge", ["model.size", "'tiny', 'mini', 'small'"]),
     ("scaling.zero_stage=5", ["scaling", "zero_stage must be 0, 1, 2 or 3"]),
     ("stages.sft.max_steps=many", ["stages.sft.max_steps", "int"]),
     ("stages.ppo.max_steps=1", ["ppo", "cpt"]),

@@ -41,12 +41,42 @@ def test_instructions_are_many_varied_valid_and_cover_every_task():
     assert all(len(r["messages"]) >= 4 for r in dialogues)
 
 
-def test_preference_pairs_prefer_the_warm_safe_answer():
-    pairs = preferences(0, 200)
-    assert all(record_problem(p) is None for p in pairs)
-    for pair in pairs:
-        assert "就医" in pair["chosen"]          # the chosen answer always escalates red flags
-        assert len(pair["chosen"]) > 2 * len(pair["rejected"])
+def test_preference_pairs_differ_in_what_matters_not_in_length():
+    """A length-only guess cannot tell chosen from rejected: the old pairs (one short phrase rejected
+    against every long answer) taught DFPO to keep going, and the answers looped."""
+    pairs = preferences(0, 600)
+    assert all(record_problem(p) is None and p["chosen"] != p["rejected"] for p in pairs)
+    assert {p["task"] for p in pairs} == set(TASKS)
+    ratios = sorted(len(p["rejected"]) / len(p["chosen"]) for p in pairs)
+    assert 0.9 <= sum(ratios) / len(ratios) <= 1.1
+    assert 0.7 <= ratios[len(ratios) // 20] and ratios[-len(ratios) // 20] <= 1.4   # 90% of pairs within
+    longer_is_chosen = sum((len(p["chosen"]) > len(p["rejected"])) + 0.5 * (len(p["chosen"]) == len(p["rejected"]))
+                           for p in pairs) / len(pairs)
+    assert 0.35 <= longer_is_chosen <= 0.65
+
+
+def test_each_kind_of_rejected_answer_is_wrong_where_it_matters():
+    import random
+
+    from pedray.corpus.generate import BUILDERS, UNSAFE_STEPS, _rejected
+    from pedray.eval.degeneration import conditions_named
+
+    rng = random.Random(5)
+    conditions, _ = load_knowledge()
+    seen = Counter()
+    for _ in range(300):
+        condition = rng.choice(conditions)
+        task = rng.choice(["medkqa", "evidiag", "trerecom"])
+        chosen = BUILDERS[task](rng, condition)[-1][1]
+        kind, rejected = _rejected(rng, task, condition, chosen, conditions)
+        seen[kind] += 1
+        if kind == "wrong_condition":
+            assert condition.id not in conditions_named(rejected)
+        elif kind == "missed_red_flags":
+            assert "请立即就医" not in rejected and ("也不用就医" in rejected or "在家观察即可" in rejected)
+        else:
+            assert any(step in rejected for step in UNSAFE_STEPS)
+    assert min(seen.values()) >= 30  # unsafe steps need a care point in the answer (trerecom, some medkqa)
 
 
 def test_write_corpus_holds_out_every_task(tmp_path):

@@ -197,3 +197,50 @@ def test_dfpo_keeps_the_chosen_likelihood_from_falling(tiny_model_dir, tiny_toke
     dpo_change, dfpo_change = train(0.0), train(1.0)
     assert dpo_change < -0.3                 # DPO lets the chosen answer's likelihood fall
     assert dfpo_change > dpo_change / 4      # DFPO keeps it (measured: -1.2 vs -0.02 nats per token)
+
+
+def test_unlikelihood_golden_value_and_documents_apart():
+    """One document, targets [0, 1, 0], V = 3, uniform logits: candidates {}, {0}, {1}, so
+    L = -(2 * log(2/3)) / 3; two packed documents [0, 1] and [0] share no candidates: only the second
+    position of the first has one (0), L = -log(2/3) / 3."""
+    import math
+
+    from pedray.losses import next_token_targets, unlikelihood_loss
+
+    labels = torch.tensor([[-100, 0, 1, 0]])
+    keep, targets = next_token_targets(labels)
+    logits = torch.zeros(targets.numel(), 3)
+    loss, metrics = unlikelihood_loss(logits, targets, keep, torch.tensor([[0, 1, 2, 3]]))
+    assert loss.item() == pytest.approx(-2 * math.log(2 / 3) / 3) and metrics["unlikelihood"] == loss
+    packed, _ = unlikelihood_loss(logits, targets, keep, torch.tensor([[0, 1, 0, 1]]))
+    assert packed.item() == pytest.approx(-math.log(2 / 3) / 3)
+    # the gradient lowers the repeated token's logit where it is not the target
+    logits.requires_grad_(True)
+    unlikelihood_loss(logits, targets, keep, torch.tensor([[0, 1, 2, 3]]))[0].backward()
+    assert logits.grad[1, 0] > 0 and logits.grad[2, 1] > 0 and logits.grad[0].abs().sum() == 0
+
+
+def test_unlikelihood_matches_a_plain_loop_on_random_packed_rows():
+    from pedray.losses import next_token_targets, unlikelihood_loss
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 6, (2, 9))
+    labels[0, :3] = -100
+    labels[1, 4] = -100
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 0, 1]])
+    keep, targets = next_token_targets(labels)
+    logits = torch.randn(targets.numel(), 6)
+    ours, _ = unlikelihood_loss(logits, targets, keep, positions)
+    probs, total, index = logits.softmax(-1), 0.0, 0
+    for b in range(2):
+        seen: dict[int, set] = {}
+        doc = 0
+        for t in range(9):
+            doc += int(positions[b, t] == 0)
+            if keep[b, t]:
+                target = int(targets[index])
+                for c in seen.get(doc, set()) - {target}:
+                    total -= math.log(1 - probs[index, c].item())
+                seen.setdefault(doc, set()).add(target)
+                index += 1
+    assert ours.item() == pytest.approx(total / targets.numel(), rel=1e-5)

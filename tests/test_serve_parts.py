@@ -182,3 +182,59 @@ def test_rows_joining_a_batch_get_the_logits_they_get_alone(tiny_model_dir):
         assert len(got) == len(expected) == row.request.max_tokens
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_penalties_golden_values_and_transformers_repetition_penalty():
+    """logits [2, -1, 0.5, 3], prompt [0], answer [3, 3, 1]: repetition 2 over {0, 1, 3} gives
+    [1, -2, 0.5, 1.5]; then frequency 0.5 per occurrence and presence 0.25: token 3 (twice) 1.5 - 1.25 = 0.25,
+    token 1 (once) -2 - 0.75 = -2.75."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from pedray.serve.engine import GenRequest, penalize
+
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    request = GenRequest([0], frequency_penalty=0.5, presence_penalty=0.25, repetition_penalty=2.0)
+    assert penalize(logits, request, [3, 3, 1]).tolist() == pytest.approx([1.0, -2.75, 0.5, 0.25])
+    assert not GenRequest([0]).penalized and penalize(logits, GenRequest([0]), [3]).equal(logits)
+    scores = torch.randn(1, 50)
+    ids = torch.tensor([[4, 9, 9, 17, 30]])
+    reference = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())[0]
+    ours = penalize(scores[0], GenRequest([4, 9], repetition_penalty=1.3), [9, 17, 30])
+    assert torch.allclose(ours, reference)
+
+
+def test_penalties_change_greedy_answers_and_the_default_leaves_them_untouched(tiny_model_dir, small_corpus):
+    """The engine's greedy answers with neutral penalties are the evaluation's own greedy answers; each
+    penalty changes them."""
+    from pedray.eval.generate import generate_local
+    from pedray.eval.sets import heldout_items
+    from pedray.serve.engine import GenRequest, HFEngine
+
+    engine = HFEngine(str(tiny_model_dir), threads=1)
+    items = heldout_items([small_corpus], limit=1)[:3]
+    evaluated = {row["id"]: row["prediction"] for row in generate_local(items, tiny_model_dir, 24)}
+
+    def answer(item, **penalties):
+        prompt = engine.encode(json.loads(item["messages"]))
+        pieces = [step[0][0] for step in engine.stream([GenRequest(prompt, max_tokens=24, task=item["task"], **penalties)])
+                  if step[0]]
+        return "".join(pieces)
+
+    for item in items:
+        plain = answer(item)
+        assert plain.strip() == evaluated[item["id"]]
+        assert answer(item, frequency_penalty=0.0, presence_penalty=0.0, repetition_penalty=1.0) == plain
+    changed = {name: any(answer(item, **{name: value}) != answer(item) for item in items)
+               for name, value in (("frequency_penalty", 2.0), ("presence_penalty", 2.0), ("repetition_penalty", 2.0))}
+    assert all(changed.values()), changed
+
+
+def test_penalty_fields_are_validated_and_default_to_the_servers():
+    chat = parse_chat(_body(), 64, 16, {"frequency_penalty": 0.3, "presence_penalty": 0.0, "repetition_penalty": 1.1})
+    assert (chat.frequency_penalty, chat.presence_penalty, chat.repetition_penalty) == (0.3, 0.0, 1.1)
+    chat = parse_chat(_body(frequency_penalty=-1, repetition_penalty=1.5), 64, 16)
+    assert (chat.frequency_penalty, chat.presence_penalty, chat.repetition_penalty) == (-1, 0.0, 1.5)
+    for field, value in (("frequency_penalty", 3), ("presence_penalty", "x"), ("repetition_penalty", 0)):
+        with pytest.raises(APIError) as raised:
+            parse_chat(_body(**{field: value}), 64, 16)
+        assert raised.value.param == field

@@ -93,7 +93,7 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
         assert manifests[stage]["paths"]["checkpoint"].startswith(f"pedray-run/tiny/ray/{stage}-")
         assert manifests[stage]["upstream"]["path"].startswith("s3://pedray-run/tiny/")  # never a local folder
     assert "pedray-run/tiny/sft/model/model.safetensors" in keys
-    assert any(key.startswith("pedray-run/tiny/base/default-tiny-seed0/") for key in keys)
+    assert any(key.startswith("pedray-run/tiny/base/default-tiny-seed0-") for key in keys)
     assert any(key.startswith("pedray-run/tiny/corpus/pedcorpus-") and key.endswith("sft_train.jsonl") for key in keys)
     assert any(key.startswith("pedray-run/tiny/dfpo/reference-train-") and key.endswith(".parquet") for key in keys)
     adapter = manifests["mouse"]["paths"]["model"]

@@ -67,6 +67,13 @@ def test_vllm_engine_answers_streams_and_stops_like_the_api_says(served_vllm):
     assert seeded[0] == seeded[1]
     short = client.chat.completions.create(model="pedray", messages=ask, max_tokens=2, temperature=0)
     assert short.choices[0].finish_reason == "length"
+    # vLLM honours the penalties the router passes on
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0, "extra_body": {"repetition_penalty": 1}}
+    plain = client.chat.completions.create(model="pedray", messages=ask, max_tokens=12, temperature=0,
+                                           **neutral).choices[0].message.content
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"extra_body": {"repetition_penalty": 2.0}}):
+        penalized = client.chat.completions.create(model="pedray", messages=ask, max_tokens=12, temperature=0, **penalty)
+        assert penalized.choices[0].message.content != plain, penalty
 
 
 def _group_gone(group: int) -> bool:

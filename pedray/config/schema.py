@@ -53,7 +53,7 @@ class DataConfig:
 class ModelConfig:
     path: str | None = None
     """Local Hugging Face model folder; None builds the embedded default of `size`."""
-    size: Literal["tiny", "small"] = "tiny"
+    size: Literal["tiny", "mini", "small"] = "tiny"
     """Size of the embedded default model when `path` is None."""
     trust_remote_code: bool = False
     """Allow the model folder's own Python code (Baichuan2 needs it); off unless asked for."""
@@ -173,6 +173,10 @@ class StageConfig:
     """dfpo: DPO temperature beta."""
     mu: float = 1.0
     """dfpo: weight of the length-normalised NLL of the chosen answer (0 gives plain DPO)."""
+    unlikelihood: float = 0.0
+    """Weight of the token-level unlikelihood term (`pedray.losses.unlikelihood_loss`), which pushes down
+    tokens the answer already produced: over the answers (cpt, sft, mouse) or the chosen answers (dfpo,
+    beside its following term); 0 trains without it."""
     max_failures: int = 2
     """Ray Train FailureConfig: worker failures tolerated before the stage fails."""
     eval_rows: int = 64
@@ -186,6 +190,7 @@ class StageConfig:
         _check(self.max_failures >= 0, "max_failures must be non-negative")
         _check(self.eval_rows >= 0, "eval_rows must be non-negative")
         _check(self.report_every_s >= 0, "report_every_s must be non-negative")
+        _check(self.unlikelihood >= 0, "unlikelihood must be non-negative")
 
 
 def _default_stages() -> dict[str, StageConfig]:
@@ -263,6 +268,14 @@ class ServeConfig:
     """The period over which in-flight requests are averaged for those decisions (look_back_period_s)."""
     proxy_location: Literal["HeadOnly", "EveryNode"] = "HeadOnly"
     """Where Serve runs HTTP proxies: one address on the head, or every node (behind a load balancer)."""
+    frequency_penalty: float = 0.0
+    """Default OpenAI `frequency_penalty` (-2..2) of a request that does not say: subtracted from a token's
+    logit once per time the answer already has it. 0 leaves decoding untouched."""
+    presence_penalty: float = 0.0
+    """Default OpenAI `presence_penalty` (-2..2): subtracted once from every token the answer already has."""
+    repetition_penalty: float = 1.0
+    """Default `repetition_penalty` (vLLM's and transformers' extra field, > 0): logits of tokens in the
+    prompt or the answer are divided by it when positive, multiplied when negative. 1 leaves decoding untouched."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port must be in 1..65535")
@@ -272,6 +285,9 @@ class ServeConfig:
         _check(self.vllm_kv_cache_gib >= 1, "vllm_kv_cache_gib must be a whole number of GiB, at least 1")
         _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
                "need 0 <= min_replicas <= max_replicas, max_replicas >= 1")
+        _check(-2 <= self.frequency_penalty <= 2 and -2 <= self.presence_penalty <= 2,
+               "frequency_penalty and presence_penalty must be in [-2, 2]")
+        _check(0 < self.repetition_penalty <= 2, "repetition_penalty must be in (0, 2]")
 
 
 @dataclass

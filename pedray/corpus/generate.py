@@ -39,7 +39,9 @@ def medkqa(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
 def evidiag(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
     """Case description -> reasoning and diagnosis."""
     case, symptoms, months = ph.case_description(rng, cond)
-    reasoning = (f"分析：患儿{ph.format_age(months)}，主要表现为{'、'.join(symptoms)}。"
+    # The analysis names the leading complaint, not the whole list again: echoing a list back is where a
+    # small model loops (see `phrasing.pick`).
+    reasoning = (f"分析：患儿{ph.format_age(months)}，以{symptoms[0]}为主要表现。"
                  + ph.join(ph.pick(rng, cond.diagnosis, 2)))
     exams = "建议检查：" + "、".join(ph.pick(rng, cond.exams, 1, 3)) + "。"
     answer = f"{reasoning}\n初步诊断：{cond.name}。\n{exams}"
@@ -58,12 +60,12 @@ def trerecom(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
 def dialogue(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
     """Multi-turn consultation: complaint, follow-up questions, details, assessment, care question."""
     months = ph.sample_age(rng, cond)
-    first, *rest = ph.pick(rng, cond.symptoms, 3, 5)
+    first, *rest = ph.shuffled(rng, ph.pick(rng, cond.symptoms, 3, 5))
     turns = [("user", f"医生您好，{rng.choice(ph.CHILD)}{rng.choice(ph.DURATIONS)}前开始{first}，怎么办？"),
-             ("assistant", rng.choice(ph.OPENERS) + "想再了解一些情况：孩子多大了？还有没有其他不舒服，比如"
-              + "、".join(rest[:2]) + "？精神和吃喝怎么样？"),
+             ("assistant", rng.choice(ph.OPENERS) + "想再了解一些情况：孩子多大了？还有没有其他不舒服？"
+              "精神和吃喝怎么样？"),
              ("user", f"{ph.format_age(months)}了，" + "，".join(rest) + "，精神还可以。"),
-             ("assistant", f"结合年龄和{first}、{'、'.join(rest)}这些表现，要考虑{cond.name}的可能。"
+             ("assistant", f"结合孩子的年龄和{first}等表现，要考虑{cond.name}的可能。"
               + ph.join(ph.pick(rng, cond.diagnosis, 1, 2)) + "建议到医院做" + "、".join(ph.pick(rng, cond.exams, 1, 2))
               + "以明确诊断。")]
     if rng.random() < 0.7:
@@ -98,19 +100,73 @@ BUILDERS: dict[str, Callable[..., list[tuple[str, str]]]] = {
     "medkqa": medkqa, "evidiag": evidiag, "trerecom": trerecom, "dialogue": dialogue,
 }
 
-REJECTED_STYLES = {
-    "curt": ["多喝水，过几天就好了。", "没事，不用管。", "这个很常见，别担心。", "去医院看看吧。"],
-    "unsafe": ["不用去医院，先自己买点抗生素吃就行。", "给孩子吃成人药物减半就可以了。", "用酒精擦身退烧，捂一身汗就好。",
-               "等几天看看，出现什么情况都不用急着去医院。"],
-}
+# Unsafe steps for rejected answers, each about as long as a real management point, so that a rejected
+# answer differs from the chosen one in what it says, not in how long it is.
+UNSAFE_STEPS = [
+    "捂汗退烧", "停止喂奶", "自行服用抗生素", "用酒精擦身退烧", "给孩子吃成人感冒药", "伤口涂牙膏或酱油",
+    "先停止喂水和喂奶让肠胃休息", "退烧药效果不好时把剂量加倍", "用偏方草药代替医生开的药",
+    "自行给孩子服用家里剩下的成人抗生素", "给孩子吃大人的止咳药和感冒药，剂量减半就行",
+    "用酒精给孩子全身擦浴，再捂上厚被子发汗退热", "出现抽搐时往孩子嘴里塞毛巾或筷子，并用力按住四肢",
+    "不必去医院，用偏方草药代替医生开的药，症状消失就可以停药",
+]
+REJECTED_KINDS = ("wrong_condition", "missed_red_flags", "unsafe_step")
+_FLAG_LINE = "需要特别注意：如果出现"
 
 
-def _rejected(rng: random.Random, cond: Condition) -> str:
-    """A curt, incomplete (one point, no safety advice) or unsafe answer."""
-    style = rng.choice(["curt", "incomplete", "unsafe"])
-    if style == "incomplete":
-        return rng.choice(cond.symptoms + cond.management) + "。"
-    return rng.choice(REJECTED_STYLES[style])
+def _missed_red_flags(rng: random.Random, chosen: str) -> str | None:
+    """The chosen answer with its red-flag advice turned into advice to wait at home (same length and form)."""
+    lines = chosen.split("\n")
+    for index, line in enumerate(lines):
+        if line.startswith(_FLAG_LINE) and line.endswith("，请立即就医。"):
+            flags = line[len(_FLAG_LINE):-len("，请立即就医。")]
+            lines[index] = rng.choice(["不必特别注意：即使出现{f}，也不用就医。",  # as long as the line it replaces
+                                       "不用特别担心：就算出现{f}，在家观察即可。"]).format(f=flags)
+            return "\n".join(lines)
+    return None
+
+
+def _unsafe_step(rng: random.Random, cond: Condition, chosen: str) -> str | None:
+    """The chosen answer with one of its care or treatment points replaced by an unsafe step."""
+    present = [point for point in cond.management + cond.home_care if point in chosen]
+    if not present:
+        return None
+    point = rng.choice(present)
+    nearest = sorted(UNSAFE_STEPS, key=lambda step: abs(len(step) - len(point)))[:2]
+    return chosen.replace(point, rng.choice(nearest), 1)
+
+
+def _wrong_answer(rng: random.Random, task: str, cond: Condition | None, chosen: str, conds: tuple[Condition, ...],
+                  topics: tuple[CareTopic, ...] = ()) -> str:
+    """The same task's answer to another question: for another condition (same group where possible), or
+    for `general` another general question; the one closest in length to the chosen answer of a few."""
+    if cond is None:
+        candidates = [general(rng, conds, topics)[-1][1] for _ in range(8)]
+        wrong = [text for text in candidates if text != chosen]
+    else:
+        same_group = [c for c in conds if c.group == cond.group and c.id != cond.id]
+        pool = same_group if len(same_group) >= 2 else [c for c in conds if c.id != cond.id]
+        candidates = [BUILDERS[task](rng, rng.choice(pool))[-1][1] for _ in range(8)]
+        wrong = [text for text in candidates if cond.name not in text]  # not one naming it as a differential
+    return min(wrong or candidates, key=lambda text: abs(len(text) - len(chosen)))
+
+
+def _rejected(rng: random.Random, task: str, cond: Condition | None, chosen: str, conds: tuple[Condition, ...],
+              topics: tuple[CareTopic, ...] = ()) -> tuple[str, str]:
+    """(kind, rejected answer): as long and in the same form as the chosen one, but wrong where it matters:
+    another condition, red flags waved away, or an unsafe step.
+
+    An earlier generator rejected one short phrase ("没事，不用管。") against every long chosen answer;
+    the pairs then taught "keep going" as much as "be safe", and DFPO made the answers loop.
+    """
+    kind = rng.choice(REJECTED_KINDS)
+    rejected = None
+    if kind == "missed_red_flags":
+        rejected = _missed_red_flags(rng, chosen)
+    elif kind == "unsafe_step" and cond is not None:
+        rejected = _unsafe_step(rng, cond, chosen)
+    if rejected is None or rejected == chosen:
+        kind, rejected = "wrong_condition", _wrong_answer(rng, task, cond, chosen, conds, topics)
+    return kind, rejected
 
 
 def split_of(record_id: str, seed: int, holdout: float) -> str:
@@ -144,17 +200,21 @@ def instructions(seed: int, count: int) -> list[dict[str, Any]]:
 
 
 def preferences(seed: int, count: int) -> list[dict[str, Any]]:
-    """Preference pairs: warm, complete and safe chosen answers against curt, incomplete or unsafe ones."""
+    """Preference pairs: the right, safe answer against one of the same length and form that names another
+    condition, waves red flags away or recommends an unsafe step (see `_rejected`)."""
     rng = random.Random(seed + 1)
-    conds, _ = load_knowledge()
+    conds, topics = load_knowledge()
     records = []
     for index in range(count):
-        cond = rng.choice(conds)
-        task = rng.choice(["medkqa", "evidiag", "trerecom"])
-        turns = BUILDERS[task](rng, cond)
+        # every task, in the instructions' proportions: a task without pairs drifts while the others are tuned
+        task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
+        cond = None if task == "general" else rng.choice(conds)
+        turns = general(rng, conds, topics) if cond is None else BUILDERS[task](rng, cond)
+        _, rejected = _rejected(rng, task, cond, turns[-1][1], conds, topics)
         records.append(make_record(
-            "pref", task, SOURCE, f"{SOURCE}-{seed}-pref-{index}", system=DEFAULT_SYSTEM, group=cond.group,
-            messages=_conversation(turns[:-1]), chosen=turns[-1][1], rejected=_rejected(rng, cond)))
+            "pref", task, SOURCE, f"{SOURCE}-{seed}-pref-{index}", system=DEFAULT_SYSTEM,
+            group="" if cond is None else cond.group, messages=_conversation(turns[:-1]), chosen=turns[-1][1],
+            rejected=rejected))
     return records
 
 

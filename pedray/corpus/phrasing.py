@@ -57,10 +57,21 @@ def sample_age(rng: random.Random, condition: Condition) -> int:
 
 
 def pick(rng: random.Random, items: tuple[str, ...] | list[str], low: int, high: int | None = None) -> list[str]:
-    """A random subset of `items` (at least `low`, at most `high`), in random order."""
+    """A random subset of `items` (at least `low`, at most `high`), in the knowledge base's order.
+
+    The order is fixed on purpose: with items in random order the next item of a list is a coin toss
+    among those not yet said, and a small model that loses track of what it said picks the same most
+    likely item again ("发热、发热、发热"). In a fixed order each item follows from the one before.
+    """
     high = min(len(items), high if high is not None else len(items))
     count = rng.randint(min(low, high), high)
-    return rng.sample(list(items), count)
+    chosen = set(rng.sample(range(len(items)), count))
+    return [item for index, item in enumerate(items) if index in chosen]
+
+
+def shuffled(rng: random.Random, items: list[str]) -> list[str]:
+    """Items in random order: for what a parent says, which has no order to learn."""
+    return rng.sample(items, len(items))
 
 
 def join(points: list[str]) -> str:
@@ -89,7 +100,7 @@ def warm(rng: random.Random, body: str, condition: Condition | None = None) -> s
 def case_description(rng: random.Random, condition: Condition) -> tuple[str, list[str], int]:
     """A parent's description of a case: age, sex, duration and a subset of symptoms."""
     months = sample_age(rng, condition)
-    symptoms = pick(rng, condition.symptoms, 2, 4)
+    symptoms = shuffled(rng, pick(rng, condition.symptoms, 2, 4))
     sex = rng.choice(["男孩", "女孩", "男童", "女童", "宝宝"])
     duration = rng.choice(DURATIONS)
     style = rng.randrange(3)

@@ -9,26 +9,6 @@ import numpy as np
 from pedray.data.columns import IGNORE_INDEX
 
 
-def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Connect to RAY_ADDRESS when set, else start a private local Ray (never a stale cluster file).
-
-    `dashboard`: also start the dashboard, whose state API Ray Train's placement-group cleaner needs
-    when a Train run's owner is killed (as Tune does with a finished or stopped trial).
-    """
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="ERROR")
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-
 def describe_row(tokenizer, input_ids: np.ndarray, labels: np.ndarray) -> dict[str, str]:
     """Decoded text of a row and of the part that carries loss."""
     return {"text": tokenizer.decode(input_ids.tolist()),
@@ -41,6 +21,8 @@ def inspect_stage(config: str | None, overrides: list[str], stage: str, rows: in
     from pedray.workspace import base_model_dir, stage_dataset
 
     recipe = load_recipe(config, overrides)
+    from pedray.cluster import ensure_ray
+
     ensure_ray()
     model_dir = base_model_dir(recipe)
     tokenizer = load_tokenizer(model_dir)

@@ -65,10 +65,11 @@ class Generator:
         answers = out[:, ids.shape[1]:]
         eos = self.tokenizer.eos_token_id
         lengths = [int((row != eos).cumprod(0).sum()) for row in answers]  # tokens before the first EOS
+        stopped = [bool((row == eos).any()) for row in answers]  # ended its turn within the budget
         texts = self.tokenizer.batch_decode(answers, skip_special_tokens=True)
         elapsed = time.perf_counter() - started
         return {**batch, "prediction": np.array([t.strip() for t in texts], dtype=object),
-                "new_tokens": np.array(lengths, dtype=np.int64),
+                "new_tokens": np.array(lengths, dtype=np.int64), "stopped": np.array(stopped, dtype=bool),
                 "seconds": np.full(len(texts), elapsed / max(len(texts), 1))}
 
 
@@ -108,7 +109,7 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
                      batch_size: int = 32, actors: int = 0) -> list[dict[str, Any]]:
     """Answers from a Ray Data actor pool of model replicas, `batch_size` questions a forward pass.
 
-    Needs Ray initialised (`ensure_ray`). Questions are sorted by length first; results come back in
+    Needs Ray initialised (`pedray.cluster.ensure_ray`). Questions are sorted by length first; results come back in
     any order, each with its `id`.
     """
     import ray.data

@@ -24,6 +24,35 @@ def _text_rows(entry: dict[str, Any]) -> list[list[Any]]:
     return [[name] + [s[m] for m in METRICS] + [s["samples"], s["empty_predictions"]] for name, s in parts.items()]
 
 
+DEGENERATION = [("rep2_char", "rep-2"), ("rep3_char", "rep-3"), ("rep4_char", "rep-4"), ("rep2_word", "rep-2 (words)"),
+                ("rep3_word", "rep-3 (words)"), ("rep4_word", "rep-4 (words)")]
+
+
+def _degeneration_rows(entry: dict[str, Any]) -> list[list[Any]]:
+    parts = {"all": entry["overall"], **entry.get("by_task", {})}
+    rows = []
+    for name, scores in parts.items():
+        d = scores["degeneration"]
+        right = "-" if d["condition_correct"] is None else f"{100 * d['condition_correct']:.0f}% of {d['condition_questions']}"
+        rows.append([name] + [f"{d[key]:.3f}" for key, _ in DEGENERATION]
+                    + [f"{100 * d['looping']:.0f}%", f"{100 * d['truncated']:.0f}%", f"{d['length_ratio']:.2f}", right])
+    return rows
+
+
+def _samples(samples: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = ["", "## Sample answers", "",
+             "The first two answers of each task and its most repetitive one, as the model wrote them."]
+    for task, picked in samples.items():
+        lines += ["", f"### {task}"]
+        for sample in picked:
+            marks = [m for m, on in (("LOOPING", sample["looping"]), ("TRUNCATED", sample["truncated"])) if on]
+            quote = lambda text: "\n".join("> " + line for line in text.split("\n"))  # noqa: E731
+            lines += ["", f"**{sample['id']}** (rep-4 {sample['rep4_char']:.3f}{', ' + ', '.join(marks) if marks else ''})",
+                      "", "Question:", "", quote(sample["question"]), "", "Reference:", "", quote(sample["reference"]),
+                      "", "Answer:", "", quote(sample["prediction"] or "(empty)")]
+    return lines
+
+
 def _objective_rows(entry: dict[str, Any]) -> list[list[Any]]:
     parts = {"all": entry["overall"], **{f"{k} answer" if k == "single" else f"{k} answers": v
                                         for k, v in entry.get("by_answers", {}).items()},
@@ -43,8 +72,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## {name}", ""]
         if entry["kind"] == "text":
             lines += _table(["part"] + [_NAMES[m] for m in METRICS] + ["samples", "empty"], _text_rows(entry))
+            lines += ["", "Degeneration: rep-n = 1 - distinct n-grams / n-grams (characters, then jieba words); "
+                      "looping = some character 4-gram 3+ times; truncated = no end of turn within the budget; "
+                      "length = answer / reference characters; right condition = names the question's condition "
+                      "and no other.", ""]
+            lines += _table(["part"] + [name for _, name in DEGENERATION]
+                            + ["looping", "truncated", "length", "right condition"], _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))
+    if report.get("samples"):
+        lines += _samples(report["samples"])
     return "\n".join(lines) + "\n"
 
 

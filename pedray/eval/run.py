@@ -11,7 +11,7 @@ from typing import Any
 from pedray import storage
 from pedray.config.schema import EvalConfig
 from pedray.eval.report import bar_chart, markdown
-from pedray.eval.score import headline, score_rows
+from pedray.eval.score import annotate, headline, samples, score_rows
 
 REPORT = "report.json"
 
@@ -49,7 +49,7 @@ def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, locat
     started = time.time()
     rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
     seconds = time.time() - started
-    rows.sort(key=lambda row: row["id"])
+    rows = sorted((annotate(row) for row in rows), key=lambda row: row["id"])
     with (out / "answers.jsonl").open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -59,7 +59,7 @@ def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, locat
         "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "limit": cfg.limit},
         "generation": {"answers": len(rows), "seconds": round(seconds, 2), "answers_per_s": len(rows) / seconds,
                        "new_tokens": int(sum(row["new_tokens"] for row in rows))},
-        "scores": scores, "headline": headline(scores),
+        "scores": scores, "headline": headline(scores), "samples": samples(rows),
         "files": {name: str(storage.join(location, name)) for name in ("answers.jsonl", "report.md", "report.png")},
     }
     (out / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")

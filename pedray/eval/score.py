@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
+import json
+
+from pedray.eval.degeneration import answer_stats, mean_stats
 from pedray.eval.metrics import corpus_scores, extract_choices, extract_judgement
 
 Row = dict[str, Any]
@@ -34,8 +37,19 @@ def accuracy(rows: list[Row]) -> dict[str, Any]:
             "unparseable": sum(1 for parsed, _ in judged if not parsed)}
 
 
+def annotate(row: Row) -> Row:
+    """Adds an open answer's degeneration figures (`degeneration`) to its row, once."""
+    if row["kind"] == "text" and "degeneration" not in row:
+        question = " ".join(m["content"] for m in json.loads(row["messages"]) if m["role"] == "user")
+        stopped = row.get("stopped", True)  # rows from before `stopped` was recorded: assume it ended its turn
+        row["degeneration"] = answer_stats(row["prediction"], row["reference"], bool(stopped), question)
+    return row
+
+
 def _text(rows: list[Row]) -> dict[str, Any]:
-    return corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    scores = corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    scores["degeneration"] = mean_stats([annotate(r)["degeneration"] for r in rows])
+    return scores
 
 
 def score_set(rows: list[Row]) -> dict[str, Any]:
@@ -72,6 +86,28 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
         if entry["kind"] == "text":
             out[f"{name} BLEU-4"] = overall["bleu4"]
             out[f"{name} ROUGE-L"] = overall["rougeL"]
+            degeneration = overall["degeneration"]
+            out[f"{name} looping %"] = 100 * degeneration["looping"]
+            out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
+            if degeneration["condition_correct"] is not None:
+                out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]
         else:
             out[f"{name} accuracy"] = overall["accuracy"]
+    return out
+
+
+def samples(rows: list[Row], per_task: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """A few open answers per task for a person to read: the first `per_task` by id and the most
+    repetitive one, each with its question, reference and degeneration figures."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for task, part in _grouped([annotate(r) for r in rows if r["kind"] == "text"], "task").items():
+        part = sorted(part, key=lambda r: r["id"])
+        chosen = part[:per_task]
+        worst = max(part, key=lambda r: r["degeneration"]["rep4_char"])
+        if worst not in chosen:
+            chosen.append(worst)
+        out[task] = [{"id": r["id"], "question": json.loads(r["messages"])[-1]["content"], "reference": r["reference"],
+                      "prediction": r["prediction"], "looping": r["degeneration"]["looping"],
+                      "rep4_char": round(r["degeneration"]["rep4_char"], 3),
+                      "truncated": r["degeneration"]["truncated"]} for r in chosen]
     return out

@@ -37,6 +37,12 @@ class ChatRequest:
     stream: bool = False
     task: str | None = None
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+PENALTY_FIELDS = ("frequency_penalty", "presence_penalty", "repetition_penalty")
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float, integer: bool = False) -> Any:
@@ -50,8 +56,11 @@ def _number(body: dict, name: str, default: float, low: float, high: float, inte
     return value
 
 
-def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256) -> ChatRequest:
-    """A validated request from the raw body; raises APIError(400) naming the offending field."""
+def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256,
+               penalties: dict[str, float] | None = None) -> ChatRequest:
+    """A validated request from the raw body; raises APIError(400) naming the offending field.
+
+    `penalties`: the server's defaults for the penalty fields a request leaves out."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -94,10 +103,14 @@ def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256)
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise APIError(400, "'seed' must be an integer", param="seed")
+    defaults = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, **(penalties or {})}
     return ChatRequest(
         messages=clean, model=str(body.get("model") or ""), stream=stream, stop=stop, task=task, seed=seed,
         max_tokens=_number(body, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True),
-        temperature=_number(body, "temperature", 0.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-6, 1.0))
+        temperature=_number(body, "temperature", 0.0, 0.0, 2.0), top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
+        frequency_penalty=_number(body, "frequency_penalty", defaults["frequency_penalty"], -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", defaults["presence_penalty"], -2.0, 2.0),
+        repetition_penalty=_number(body, "repetition_penalty", defaults["repetition_penalty"], 1e-3, 2.0))
 
 
 def completion(model: str, content: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,

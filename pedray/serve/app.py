@@ -23,7 +23,7 @@ from ray import serve
 from pedray import storage
 from pedray.config.schema import ServeConfig
 from pedray.serve import safety
-from pedray.serve.api import APIError, chunk, completion, parse_chat
+from pedray.serve.api import PENALTY_FIELDS, APIError, chunk, completion, parse_chat
 from pedray.vocab import TASKS
 
 
@@ -141,7 +141,8 @@ class Router:
     async def chat(self, request: Request):
         try:
             self._auth(request)
-            chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens)
+            chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens,
+                              {name: getattr(self.cfg, name) for name in PENALTY_FIELDS})
             prompt = self.tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             if len(prompt_ids) + chat.max_tokens > self.context:
@@ -158,7 +159,8 @@ class Router:
         info = {"route": route, "expert": expert, **flags}
         headers = {"X-Pedray-Route": route, "X-Pedray-Expert": expert}
         job = {"prompt_ids": prompt_ids, "max_tokens": chat.max_tokens, "temperature": chat.temperature,
-               "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed}
+               "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed,
+               **{name: getattr(chat, name) for name in PENALTY_FIELDS}}
         if job["temperature"] > 0 and job["seed"] is None:  # a retry must be able to repeat the same text
             job["seed"] = secrets.randbelow(2**31)
         pieces = self._pieces(expert, job)

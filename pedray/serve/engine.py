@@ -39,6 +39,28 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     task: str | None = None
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0)
+
+
+def penalize(logits: torch.Tensor, request: GenRequest, answer: list[int]) -> torch.Tensor:
+    """Next-token logits with the request's penalties applied, as vLLM applies them: the repetition penalty
+    over the prompt's and the answer's tokens (positive logits divided, negative multiplied), then the
+    frequency penalty per occurrence and the presence penalty once for every token the answer has."""
+    logits = logits.float().clone()
+    if request.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(request.prompt_ids) | set(answer)), dtype=torch.long)
+        values = logits[seen]
+        logits[seen] = torch.where(values > 0, values / request.repetition_penalty, values * request.repetition_penalty)
+    if answer and (request.frequency_penalty or request.presence_penalty):
+        tokens, counts = torch.unique(torch.tensor(answer, dtype=torch.long), return_counts=True)
+        logits[tokens] -= request.frequency_penalty * counts.float() + request.presence_penalty
+    return logits
 
 
 class _Row:
@@ -191,7 +213,11 @@ class _Batch:
         out = []
         for i, row in enumerate(self.rows):
             request = row.request
-            token = greedy[i] if request.temperature <= 0 else _sample(self.logits[i], request, row.generator)
+            logits = penalize(self.logits[i], request, row.ids) if request.penalized else self.logits[i]
+            if request.temperature <= 0:
+                token = int(logits.argmax()) if request.penalized else greedy[i]
+            else:
+                token = _sample(logits, request, row.generator)
             out.append((row, row.push(token, self.engine.eos)))
             row.token = token
         return out

@@ -25,7 +25,7 @@ def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_nam
     from ray import serve
 
     from pedray.cache import cache_root
-    from pedray.data.preview import ensure_ray
+    from pedray.cluster import ensure_ray
     from pedray.serve.app import build_app
     from pedray.workspace import corpus_dirs
 

@@ -103,7 +103,10 @@ class VLLMEngine:
         """(text, finish reason or None) pieces of one request (`GenRequest` fields)."""
         body = {"model": NAME, "prompt": request["prompt_ids"], "max_tokens": request.get("max_tokens", 256),
                 "temperature": request.get("temperature", 0.0), "top_p": request.get("top_p", 1.0),
-                "stop": request.get("stop") or None, "seed": request.get("seed"), "stream": True}
+                "stop": request.get("stop") or None, "seed": request.get("seed"), "stream": True,
+                "frequency_penalty": request.get("frequency_penalty", 0.0),
+                "presence_penalty": request.get("presence_penalty", 0.0),
+                "repetition_penalty": request.get("repetition_penalty", 1.0)}  # vLLM's extra sampling field
         if self.stream_tokens > 1:  # vLLM sends the first token at once, then every `stream_tokens` tokens
             body["stream_interval"] = self.stream_tokens
         async with self.client.stream("POST", "/v1/completions", json=body) as response:

@@ -82,7 +82,7 @@ def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
 
 def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """What a user runs: join or start Ray, train the stages, print the comparison table."""
-    from pedray.data.preview import ensure_ray
+    from pedray.cluster import ensure_ray
 
     ensure_ray()
     evaluation = None

@@ -15,14 +15,16 @@ import torch
 
 from pedray.config.schema import Recipe
 from pedray.data.columns import IGNORE_INDEX
-from pedray.losses import dfpo_loss, labelled_lm_loss, mixture_lm_loss, next_token_targets, sequence_logps
+from pedray.losses import (dfpo_loss, labelled_lm_loss, mixture_lm_loss, next_token_targets, sequence_logps,
+                           unlikelihood_loss)
 
 Batch = dict[str, torch.Tensor]
 
 
 def collate_packed(batch: dict[str, np.ndarray], device: torch.device) -> tuple[Batch, int]:
     """Packed rows -> tensors (task_ids too when the rows carry them); also the number of real tokens."""
-    tensors = {k: torch.as_tensor(batch[k], dtype=torch.long, device=device)
+    # torch.tensor copies: Ray Data hands read-only arrays, which torch.as_tensor would share and warn about
+    tensors = {k: torch.tensor(batch[k], dtype=torch.long, device=device)
                for k in ("input_ids", "labels", "position_ids", "task_ids") if k in batch}
     return tensors, int(batch["tokens"].sum())
 
@@ -43,8 +45,8 @@ def collate_pairs(batch: dict[str, np.ndarray], device: torch.device, pad_id: in
     ids = list(batch["chosen_input_ids"]) + list(batch["rejected_input_ids"])
     labels = list(batch["chosen_labels"]) + list(batch["rejected_labels"])
     tensors = {"input_ids": _pad(ids, pad_id).to(device), "labels": _pad(labels, IGNORE_INDEX).to(device),
-               "ref_chosen_logps": torch.as_tensor(batch["ref_chosen_logps"], dtype=torch.float32, device=device),
-               "ref_rejected_logps": torch.as_tensor(batch["ref_rejected_logps"], dtype=torch.float32, device=device)}
+               "ref_chosen_logps": torch.tensor(batch["ref_chosen_logps"], dtype=torch.float32, device=device),
+               "ref_rejected_logps": torch.tensor(batch["ref_rejected_logps"], dtype=torch.float32, device=device)}
     return tensors, sum(len(r) for r in ids)
 
 
@@ -54,7 +56,17 @@ def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tupl
     keep, targets = next_token_targets(batch["labels"])
     logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
                      logits_at=keep).logits
-    return labelled_lm_loss(logits, targets)
+    loss, metrics = labelled_lm_loss(logits, targets)
+    return _with_unlikelihood(loss, metrics, logits, targets, keep, batch, recipe.stage(stage).unlikelihood)
+
+
+def _with_unlikelihood(loss, metrics, logits, targets, keep, batch: Batch, weight: float) -> tuple[torch.Tensor, dict]:
+    """The LM loss plus `weight` times the unlikelihood term (reported apart; `loss` stays the LM loss)."""
+    if weight <= 0:
+        return loss, metrics
+    penalty, extra = unlikelihood_loss(logits, targets, keep, batch["position_ids"])
+    metrics.update(extra)
+    return loss + weight * penalty, metrics
 
 
 def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
@@ -62,8 +74,13 @@ def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> t
     output = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                      task_ids=batch.get("task_ids"), use_cache=False)
     mask = batch["task_ids"] >= 0 if "task_ids" in batch else None
-    return mixture_lm_loss(output.logits, batch["labels"], getattr(output, "gates", []), mask,
-                           recipe.lora.balance_coef)
+    loss, metrics = mixture_lm_loss(output.logits, batch["labels"], getattr(output, "gates", []), mask,
+                                    recipe.lora.balance_coef)
+    weight = recipe.stage(stage).unlikelihood
+    if weight <= 0:
+        return loss, metrics
+    keep, targets = next_token_targets(batch["labels"])
+    return _with_unlikelihood(loss, metrics, output.logits[keep], targets, keep, batch, weight)
 
 
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
@@ -72,8 +89,16 @@ def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str)
     logps, lengths = sequence_logps(logits, batch["labels"])
     half = logps.shape[0] // 2
     settings = recipe.stage(stage)
-    return dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
-                     lengths[:half], beta=settings.beta, mu=settings.mu)
+    loss, metrics = dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
+                              lengths[:half], beta=settings.beta, mu=settings.mu)
+    if settings.unlikelihood <= 0:
+        return loss, metrics
+    # the following term is SFT on the chosen answers: it gets sft's unlikelihood term too (one answer a row,
+    # so positions count from 0 in every row)
+    keep, targets = next_token_targets(batch["labels"][:half])
+    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+    return _with_unlikelihood(loss, metrics, logits[:half][keep], targets, keep, {"position_ids": positions},
+                              settings.unlikelihood)
 
 
 def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:

@@ -1,0 +1,110 @@
+"""What text metrics do not see: answers that loop, run out of budget, are far too long or short, or
+name the wrong condition.
+
+rep-n = 1 - distinct n-grams / all n-grams of one answer (0 for an answer with no n-gram), on characters
+(whitespace dropped) and on jieba words. An answer *loops* when some character 4-gram occurs 3 or more
+times in it. Shares and rep-n are fractions (0..1); `length_ratio` is answer characters over reference
+characters. On our own corpus the condition behind a question is known: `condition_correct` is the share
+of answers that name that condition and no other, over the questions whose reference names it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import lru_cache
+from typing import Any, Sequence
+
+from pedray.eval.metrics import segment
+
+REP_NS = (2, 3, 4)
+LOOP_N, LOOP_TIMES = 4, 3
+
+
+def characters(text: str) -> list[str]:
+    return [ch for ch in text if not ch.isspace()]
+
+
+def rep(units: Sequence[str], n: int) -> float:
+    """1 - distinct n-grams / all n-grams (0 when the text has no n-gram)."""
+    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def loops(text: str, n: int = LOOP_N, times: int = LOOP_TIMES) -> bool:
+    """Whether some character n-gram occurs `times` or more times in the text."""
+    units = characters(text)
+    counts = Counter(tuple(units[i:i + n]) for i in range(len(units) - n + 1))
+    return bool(counts) and max(counts.values()) >= times
+
+
+@lru_cache(maxsize=1)
+def _condition_pattern() -> tuple[re.Pattern, dict[str, str]]:
+    """One alternation of every condition name in our knowledge base, longest first (so that a name is
+    not also counted as a shorter one inside it)."""
+    from pedray.corpus.knowledge import load_knowledge
+
+    conditions, _ = load_knowledge()
+    names = {c.name: c.id for c in conditions}
+    ordered = sorted(names, key=len, reverse=True)
+    return re.compile("|".join(re.escape(n) for n in ordered)), names
+
+
+def conditions_named(text: str) -> set[str]:
+    """Ids of the knowledge-base conditions a text names."""
+    pattern, names = _condition_pattern()
+    return {names[found.group()] for found in pattern.finditer(text)}
+
+
+_DIAGNOSIS = re.compile(r"初步诊断：([^。\n]+)|要考虑(.+?)的可能")
+
+
+def expected_condition(reference: str, question: str = "") -> str | None:
+    """The condition behind a question: the diagnosis its reference states ("初步诊断：X", "要考虑X的可能"),
+    else the one condition the question names, else the one its reference names; None when not one."""
+    stated = _DIAGNOSIS.search(reference)
+    if stated:
+        named = conditions_named(stated.group(1) or stated.group(2))
+        if len(named) == 1:
+            return next(iter(named))
+    for text in (question, reference):
+        named = conditions_named(text)
+        if named:
+            return next(iter(named)) if len(named) == 1 else None
+    return None
+
+
+def condition_correct(prediction: str, reference: str, question: str = "") -> bool | None:
+    """Whether an answer names the question's condition and no other condition; None where the reference
+    does not name it (a treatment answer need not repeat the diagnosis the parent gave, and an empty
+    answer must not count as right)."""
+    expected = expected_condition(reference, question)
+    if expected is None or expected not in conditions_named(reference):
+        return None
+    return conditions_named(prediction) == {expected}
+
+
+def answer_stats(prediction: str, reference: str, stopped: bool, question: str = "") -> dict[str, Any]:
+    """Degeneration figures of one answer. `stopped`: the model ended its turn within the token budget;
+    `question`: the user's turns (they may name the condition the reference does not repeat)."""
+    chars, words = characters(prediction), segment(prediction)
+    stats: dict[str, Any] = {f"rep{n}_char": rep(chars, n) for n in REP_NS}
+    stats.update({f"rep{n}_word": rep(words, n) for n in REP_NS})
+    stats["looping"] = loops(prediction)
+    stats["truncated"] = not stopped
+    stats["length_ratio"] = len(chars) / max(len(characters(reference)), 1)
+    stats["condition_correct"] = condition_correct(prediction, reference, question)
+    return stats
+
+
+def mean_stats(per_answer: list[dict[str, Any]]) -> dict[str, Any]:
+    """Averages over answers: rep-n, looping/truncated shares, length ratio; condition correctness over the
+    answers whose condition is known (`condition_questions` says how many)."""
+    count = max(len(per_answer), 1)
+    out = {key: sum(float(s[key]) for s in per_answer) / count
+           for key in [f"rep{n}_{u}" for u in ("char", "word") for n in REP_NS] + ["looping", "truncated",
+                                                                                 "length_ratio"]}
+    known = [s["condition_correct"] for s in per_answer if s["condition_correct"] is not None]
+    out["condition_correct"] = sum(known) / len(known) if known else None
+    out["condition_questions"] = len(known)
+    return out

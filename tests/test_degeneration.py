@@ -1,0 +1,91 @@
+"""Degeneration metrics with golden values worked by hand, and their place in the scores and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pedray.eval.degeneration import (answer_stats, condition_correct, conditions_named, expected_condition, loops,
+                                      mean_stats, rep)
+from pedray.eval.report import markdown
+from pedray.eval.score import headline, samples, score_rows
+
+
+def test_rep_n_golden_values():
+    # "abcabc": bigrams ab bc ca ab bc -> 3 distinct of 5 -> 1 - 3/5 = 0.4
+    assert rep(list("abcabc"), 2) == pytest.approx(0.4)
+    # trigrams abc bca cab abc -> 3 distinct of 4 -> 0.25
+    assert rep(list("abcabc"), 3) == pytest.approx(0.25)
+    # no repeated n-gram, and texts too short to have one
+    assert rep(list("abcdef"), 2) == 0.0 and rep(list("ab"), 3) == 0.0 and rep([], 2) == 0.0
+    # "发热、发热、发热": 4-grams 发热、发 热、发热 、发热、 发热、发 热、发热 -> 3 distinct of 5 -> 0.4
+    assert rep(list("发热、发热、发热"), 4) == pytest.approx(0.4)
+
+
+def test_looping_means_some_character_4gram_three_times():
+    assert loops("在家少量多次喂奶；少量多次喂奶；少量多次喂奶。")
+    assert not loops("少量多次喂奶；少量多次喂奶。")             # twice is not a loop
+    assert loops("发 热 、发热、 发热、发热")                     # whitespace does not hide it
+    assert not loops("孩子发热两天，精神好，可以先在家观察。")
+
+
+def test_condition_named_longest_first_and_expected_from_the_diagnosis_or_the_question():
+    assert conditions_named("考虑肺炎支原体肺炎") == {"mycoplasma_pneumonia"}   # not also another pneumonia
+    assert conditions_named("手足口病和疱疹性咽峡炎") == {"hfmd", "herpangina"}
+    assert expected_condition("需要与感冒和腺样体肥大鉴别。\n初步诊断：过敏性鼻炎。") == "allergic_rhinitis"
+    assert expected_condition("结合这些表现，要考虑猩红热的可能。") == "scarlet_fever"
+    assert expected_condition("治疗方面：多喝水。", "医生说是水痘，怎么治疗？") == "varicella"
+    assert expected_condition("手足口病或疱疹性咽峡炎") is None and expected_condition("多喝水。") is None
+    # counted where the reference names the condition: the answer must name it and no other
+    assert condition_correct("初步诊断：水痘。", "初步诊断：水痘。") is True
+    assert condition_correct("多休息。", "初步诊断：水痘。") is False
+    assert condition_correct("水痘或猩红热。", "初步诊断：水痘。") is False
+    assert condition_correct("多休息。", "治疗方面：多喝水。", "医生说是水痘") is None   # an empty answer is not right
+
+
+def test_answer_stats_golden_values():
+    stats = answer_stats("水痘水痘水痘", "初步诊断：水痘。", stopped=False)
+    # characters 水痘水痘水痘: bigrams 5, distinct 2 (水痘, 痘水) -> 0.6; 4-grams 3, distinct 2 -> 1/3
+    assert stats["rep2_char"] == pytest.approx(0.6) and stats["rep4_char"] == pytest.approx(1 / 3)
+    assert stats["truncated"] and not stats["looping"]            # 水痘水痘 occurs twice
+    assert stats["length_ratio"] == pytest.approx(6 / 8)
+    assert stats["condition_correct"] is True
+    wrong = answer_stats("考虑水痘或手足口病。", "初步诊断：水痘。", stopped=True)
+    assert wrong["condition_correct"] is False and not wrong["truncated"]   # names another one too
+    unknown = answer_stats("多喝水。", "多喝水，多休息。", stopped=True)
+    assert unknown["condition_correct"] is None
+
+
+def test_means_count_known_conditions_only():
+    per = [answer_stats("初步诊断：水痘。", "初步诊断：水痘。", True), answer_stats("水痘", "猩红热。", False),
+           answer_stats("多喝水", "多喝水", True), answer_stats("多喝水多喝水多喝水多喝水", "多喝水", True)]
+    means = mean_stats(per)
+    assert means["condition_correct"] == pytest.approx(0.5) and means["condition_questions"] == 2
+    assert means["truncated"] == pytest.approx(0.25) and means["looping"] == pytest.approx(0.25)
+
+
+def _row(index: int, task: str, prediction: str, reference: str, stopped: bool = True) -> dict:
+    messages = [{"role": "user", "content": f"问题{index}"}]
+    return {"id": f"heldout-{index}", "set": "heldout", "kind": "text", "task": task, "group": "",
+            "messages": json.dumps(messages, ensure_ascii=False), "reference": reference, "prediction": prediction,
+            "stopped": stopped, "new_tokens": 5}
+
+
+def test_scores_headline_report_and_samples_show_degeneration():
+    rows = [_row(1, "medkqa", "初步诊断：水痘。", "初步诊断：水痘。"),
+            _row(2, "medkqa", "发热、发热、发热、发热、发热", "初步诊断：猩红热。", stopped=False),
+            _row(3, "dialogue", "多喝水。", "多喝水，多休息。")]
+    scores = score_rows(rows)
+    overall = scores["heldout"]["overall"]["degeneration"]
+    assert overall["looping"] == pytest.approx(1 / 3) and overall["truncated"] == pytest.approx(1 / 3)
+    assert scores["heldout"]["by_task"]["medkqa"]["degeneration"]["condition_correct"] == pytest.approx(0.5)
+    top = headline(scores)
+    assert top["heldout looping %"] == pytest.approx(100 / 3) and top["heldout right condition %"] == pytest.approx(50)
+    picked = samples(rows)
+    assert [s["id"] for s in picked["medkqa"]] == ["heldout-1", "heldout-2"] and picked["medkqa"][1]["looping"]
+    report = {"model": "m", "generation": {"answers": 3, "seconds": 1.0, "answers_per_s": 3.0, "new_tokens": 15},
+              "settings": {"max_new_tokens": 8}, "scores": scores, "samples": picked}
+    text = markdown(report)
+    assert "looping" in text and "33%" in text and "## Sample answers" in text and "LOOPING, TRUNCATED" in text
+    assert "> 发热、发热、发热、发热、发热" in text and "> 初步诊断：猩红热。" in text
