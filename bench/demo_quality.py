@@ -9,7 +9,7 @@ ROUGE-L (cpt is a text model: its answers are next to empty and are not compared
 the run's wall time. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
 also runs with `scaling.precision=fp32` unless `--precision auto` is given, and says which kind it ran on.
 
-    python bench/demo_quality.py [--quick] [--seeds 0 1] [--config jobs/default.yaml]
+    python bench/demo_quality.py [--quick] [--seeds 0 1] [--config jobs/default.yaml] [key=value ...]
 
 `--quick` runs the tiny test recipe's sft and dfpo stages for seed 0 (targets are not expected to hold there).
 """
@@ -102,12 +102,14 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "auto"],
                         help="fp32 (the budget's kind of run) or the recipe's own setting")
     parser.add_argument("--keep", default=None, help="folder to keep the runs in (default: a temporary one)")
+    parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. stages.dfpo.beta=0.05")
     args = parser.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])  # --quick stays under two minutes
     config = args.config or str(ROOT / "jobs" / ("tiny.yaml" if args.quick else "default.yaml"))
-    extra = ["scaling.precision=fp32"] if args.precision == "fp32" else []
+    extra = (["scaling.precision=fp32"] if args.precision == "fp32" else []) + list(args.overrides)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="demo-quality-"))
-    results, checks = {"config": config, "cpu": cpu_kind(), "precision": args.precision, "seeds": {}}, []
+    results = {"config": config, "overrides": args.overrides, "cpu": cpu_kind(), "precision": args.precision, "seeds": {}}
+    checks: list[dict] = []
     for seed in args.seeds:
         out = base / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
