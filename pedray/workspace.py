@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pedray import storage
 from pedray.cache import build_once, cache_root
-from pedray.corpus import corpus_version
 from pedray.config.schema import Recipe
+from pedray.corpus import corpus_version
 
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]

@@ -16,13 +16,12 @@ def describe_row(tokenizer, input_ids: np.ndarray, labels: np.ndarray) -> dict[s
 
 
 def inspect_stage(config: str | None, overrides: list[str], stage: str, rows: int = 1) -> dict[str, Any]:
+    from pedray.cluster import ensure_ray
     from pedray.config import load_recipe
     from pedray.model.build import load_tokenizer
     from pedray.workspace import base_model_dir, stage_dataset
 
     recipe = load_recipe(config, overrides)
-    from pedray.cluster import ensure_ray
-
     ensure_ray()
     model_dir = base_model_dir(recipe)
     tokenizer = load_tokenizer(model_dir)

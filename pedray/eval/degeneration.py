@@ -15,7 +15,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Sequence
 
-from pedray.eval.metrics import segment
+from pedray.eval.metrics import distinct, segment
 
 REP_NS = (2, 3, 4)
 LOOP_N, LOOP_TIMES = 4, 3
@@ -26,9 +26,8 @@ def characters(text: str) -> list[str]:
 
 
 def rep(units: Sequence[str], n: int) -> float:
-    """1 - distinct n-grams / all n-grams (0 when the text has no n-gram)."""
-    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+    """1 - distinct n-grams / all n-grams (0 when the text has no n-gram): 1 - the paper's Distinct-n."""
+    return 1 - distinct(units, n) if len(units) >= n else 0.0
 
 
 def loops(text: str, n: int = LOOP_N, times: int = LOOP_TIMES) -> bool:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Iterable
-
-import json
 
 from pedray.eval.degeneration import answer_stats, mean_stats
 from pedray.eval.metrics import corpus_scores, extract_choices, extract_judgement

@@ -103,7 +103,7 @@ def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256,
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise APIError(400, "'seed' must be an integer", param="seed")
-    defaults = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, **(penalties or {})}
+    defaults = {name: getattr(ChatRequest, name) for name in PENALTY_FIELDS} | (penalties or {})
     return ChatRequest(
         messages=clean, model=str(body.get("model") or ""), stream=stream, stop=stop, task=task, seed=seed,
         max_tokens=_number(body, "max_tokens", default_max_tokens, 1, max_tokens_limit, integer=True),

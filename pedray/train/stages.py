@@ -57,14 +57,15 @@ def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tupl
     logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
                      logits_at=keep).logits
     loss, metrics = labelled_lm_loss(logits, targets)
-    return _with_unlikelihood(loss, metrics, logits, targets, keep, batch, recipe.stage(stage).unlikelihood)
+    return _with_unlikelihood(loss, metrics, logits, targets, keep, batch["position_ids"],
+                              recipe.stage(stage).unlikelihood)
 
 
-def _with_unlikelihood(loss, metrics, logits, targets, keep, batch: Batch, weight: float) -> tuple[torch.Tensor, dict]:
+def _with_unlikelihood(loss, metrics, logits, targets, keep, position_ids, weight: float) -> tuple[torch.Tensor, dict]:
     """The LM loss plus `weight` times the unlikelihood term (reported apart; `loss` stays the LM loss)."""
     if weight <= 0:
         return loss, metrics
-    penalty, extra = unlikelihood_loss(logits, targets, keep, batch["position_ids"])
+    penalty, extra = unlikelihood_loss(logits, targets, keep, position_ids)
     metrics.update(extra)
     return loss + weight * penalty, metrics
 
@@ -80,7 +81,7 @@ def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> t
     if weight <= 0:
         return loss, metrics
     keep, targets = next_token_targets(batch["labels"])
-    return _with_unlikelihood(loss, metrics, output.logits[keep], targets, keep, batch, weight)
+    return _with_unlikelihood(loss, metrics, output.logits[keep], targets, keep, batch["position_ids"], weight)
 
 
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
@@ -97,8 +98,7 @@ def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str)
     # so positions count from 0 in every row)
     keep, targets = next_token_targets(batch["labels"][:half])
     positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
-    return _with_unlikelihood(loss, metrics, logits[:half][keep], targets, keep, {"position_ids": positions},
-                              settings.unlikelihood)
+    return _with_unlikelihood(loss, metrics, logits[:half][keep], targets, keep, positions, settings.unlikelihood)
 
 
 def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
