@@ -65,6 +65,7 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
         overall = json.loads(report.read_text(encoding="utf-8"))["scores"]["heldout"]["overall"]
         degeneration = overall["degeneration"]
         rows[stage] = {"looping": round(degeneration["looping"], 4), "rep4": round(degeneration["rep4_char"], 4),
+                       "repeated_item": round(degeneration.get("repeated_item", 0.0), 4),
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
                        "right_condition": degeneration["condition_correct"]}
     return rows

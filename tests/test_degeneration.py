@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pedray.eval.degeneration import (answer_stats, condition_correct, conditions_named, expected_condition, loops,
-                                      mean_stats, rep)
+                                      mean_stats, rep, repeats_item)
 from pedray.eval.report import markdown
 from pedray.eval.score import headline, samples, score_rows
 
@@ -30,6 +30,14 @@ def test_looping_means_some_character_4gram_three_times():
     assert not loops("孩子发热两天，精神好，可以先在家观察。")
 
 
+def test_an_item_said_twice_is_counted_apart_from_looping():
+    twice = "出现以下情况时要立即就医：1. 阵发性哭闹 2. 体重不增 3. 体重不增"
+    assert repeats_item(twice) and not loops(twice)
+    assert repeats_item("建议检查：血常规、血常规。")
+    assert not repeats_item("1. 发热 2. 咳嗽 3. 流涕")
+    assert not repeats_item("1. 1. 发热")          # a repeated number is not an item
+
+
 def test_condition_named_longest_first_and_expected_from_the_diagnosis_or_the_question():
     assert conditions_named("考虑肺炎支原体肺炎") == {"mycoplasma_pneumonia"}   # not also another pneumonia
     assert conditions_named("手足口病和疱疹性咽峡炎") == {"hfmd", "herpangina"}
@@ -49,6 +57,7 @@ def test_answer_stats_golden_values():
     # characters 水痘水痘水痘: bigrams 5, distinct 2 (水痘, 痘水) -> 0.6; 4-grams 3, distinct 2 -> 1/3
     assert stats["rep2_char"] == pytest.approx(0.6) and stats["rep4_char"] == pytest.approx(1 / 3)
     assert stats["truncated"] and not stats["looping"]            # 水痘水痘 occurs twice
+    assert not stats["repeated_item"]                             # one item, no list
     assert stats["length_ratio"] == pytest.approx(6 / 8)
     assert stats["condition_correct"] is True
     wrong = answer_stats("考虑水痘或手足口病。", "初步诊断：水痘。", stopped=True)
@@ -63,6 +72,7 @@ def test_means_count_known_conditions_only():
     means = mean_stats(per)
     assert means["condition_correct"] == pytest.approx(0.5) and means["condition_questions"] == 2
     assert means["truncated"] == pytest.approx(0.25) and means["looping"] == pytest.approx(0.25)
+    assert means["repeated_item"] == 0.0
 
 
 def _row(index: int, task: str, prediction: str, reference: str, stopped: bool = True) -> dict:

@@ -3,7 +3,8 @@ name the wrong condition.
 
 rep-n = 1 - distinct n-grams / all n-grams of one answer (0 for an answer with no n-gram), on characters
 (whitespace dropped) and on jieba words. An answer *loops* when some character 4-gram occurs 3 or more
-times in it. Shares and rep-n are fractions (0..1); `length_ratio` is answer characters over reference
+times in it; it *repeats an item* when a list item (what stands between 、；：。, line breaks or numbers) is
+said twice, a milder failure that looping does not count. Shares and rep-n are fractions (0..1); `length_ratio` is answer characters over reference
 characters. On our own corpus the condition behind a question is known: `condition_correct` is the share
 of answers that name that condition and no other, over the questions whose reference names it.
 """
@@ -35,6 +36,15 @@ def loops(text: str, n: int = LOOP_N, times: int = LOOP_TIMES) -> bool:
     units = characters(text)
     counts = Counter(tuple(units[i:i + n]) for i in range(len(units) - n + 1))
     return bool(counts) and max(counts.values()) >= times
+
+
+_ITEM_BOUNDARY = re.compile(r"[、；;：:。\n]|\d+\.\s*")
+
+
+def repeats_item(text: str) -> bool:
+    """Whether some list item of two or more characters occurs twice ("1. 体重不增 2. 体重不增")."""
+    items = Counter(part.strip(" 。，,") for part in _ITEM_BOUNDARY.split(text))
+    return any(count >= 2 and len(item) >= 2 for item, count in items.items())
 
 
 @lru_cache(maxsize=1)
@@ -90,6 +100,7 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     stats: dict[str, Any] = {f"rep{n}_char": rep(chars, n) for n in REP_NS}
     stats.update({f"rep{n}_word": rep(words, n) for n in REP_NS})
     stats["looping"] = loops(prediction)
+    stats["repeated_item"] = repeats_item(prediction)
     stats["truncated"] = not stopped
     stats["length_ratio"] = len(chars) / max(len(characters(reference)), 1)
     stats["condition_correct"] = condition_correct(prediction, reference, question)
@@ -97,12 +108,12 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
 
 
 def mean_stats(per_answer: list[dict[str, Any]]) -> dict[str, Any]:
-    """Averages over answers: rep-n, looping/truncated shares, length ratio; condition correctness over the
+    """Averages over answers: rep-n, looping/repeated-item/truncated shares, length ratio; condition correctness over the
     answers whose condition is known (`condition_questions` says how many)."""
     count = max(len(per_answer), 1)
     out = {key: sum(float(s[key]) for s in per_answer) / count
-           for key in [f"rep{n}_{u}" for u in ("char", "word") for n in REP_NS] + ["looping", "truncated",
-                                                                                 "length_ratio"]}
+           for key in [f"rep{n}_{u}" for u in ("char", "word") for n in REP_NS] + ["looping", "repeated_item",
+                                                                                 "truncated", "length_ratio"]}
     known = [s["condition_correct"] for s in per_answer if s["condition_correct"] is not None]
     out["condition_correct"] = sum(known) / len(known) if known else None
     out["condition_questions"] = len(known)

@@ -87,6 +87,7 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"{name} ROUGE-L"] = overall["rougeL"]
             degeneration = overall["degeneration"]
             out[f"{name} looping %"] = 100 * degeneration["looping"]
+            out[f"{name} item twice %"] = 100 * degeneration["repeated_item"]
             out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
             if degeneration["condition_correct"] is not None:
                 out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]
