@@ -31,12 +31,28 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
-    from pedray.ingest.prep import prep
+    from pedray.ingest.layout import parse_columns
+    from pedray.ingest.prep import inspect, prep
 
+    layout = parse_columns(args.columns)
+    if args.inspect:
+        for path in args.inspect:
+            _print(inspect(path, args.task, layout))
+        return 0
+    if not args.input or not args.out:
+        print("prep: --input and --out are required (or --inspect FILE)", file=sys.stderr)
+        return 2
     summary = prep(args.input, args.out, task=args.task, holdout=args.holdout, seed=args.seed,
-                   near_duplicate_threshold=args.dedup_threshold)
+                   near_duplicate_threshold=args.dedup_threshold, layout=layout)
     _print(summary)
     print(f"records in {args.out}; rejects with file, place and reason in {args.out}/rejects.jsonl")
+    if summary["empty_files"] and not args.allow_empty:
+        for name in summary["empty_files"]:
+            reasons = summary["files"][name]["reasons"]
+            print(f"prep: no record of {name} was kept ({summary['files'][name]['rejected']} rejected: "
+                  f"{reasons or 'no records found'}); see `pedray prep --inspect {name}` and --columns, "
+                  "or pass --allow-empty", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -143,7 +159,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = args.model or default_model(recipe)
     print(f"serving {model} at http://{recipe.serve.host}:{recipe.serve.port}/v1 (OpenAI chat API); Ctrl-C stops",
           flush=True)
-    start(model, recipe, blocking=True)
+    try:
+        start(model, recipe, blocking=True)
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops a server: a clean stop, not a traceback
+        import ray
+
+        print("pedray serve: stopping", file=sys.stderr, flush=True)
+        if ray.is_initialized():
+            ray.shutdown()  # a private Ray takes Serve with it; a cluster's Serve keeps running
+        print("pedray serve: stopped", file=sys.stderr, flush=True)
     return 0
 
 
@@ -193,8 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init_model)
 
     prep = verbs.add_parser("prep", help="normalise other corpora (alpaca, sharegpt, dataset_info, text, csv, xlsx)")
-    prep.add_argument("--input", action="append", required=True, help="file or folder (repeatable)")
-    prep.add_argument("--out", required=True)
+    prep.add_argument("--input", nargs="+", action="extend", default=[],
+                      help="files or folders: --input A B C, or --input repeated")
+    prep.add_argument("--out", default=None)
+    prep.add_argument("--columns", default=None,
+                      help="which column plays which role when the names do not say, e.g. instruction=ask,output=answer")
+    prep.add_argument("--inspect", nargs="+", default=None, metavar="FILE",
+                      help="show the columns, the role each plays and the first records; writes nothing")
+    prep.add_argument("--allow-empty", action="store_true", help="exit 0 even when a file has no record kept")
     prep.add_argument("--task", default=None, help="task label for every record (inferred when omitted)")
     prep.add_argument("--holdout", type=float, default=0.0)
     prep.add_argument("--seed", type=int, default=0)

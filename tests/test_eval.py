@@ -181,6 +181,8 @@ def test_eval_cli_writes_json_markdown_chart_and_answers(tmp_path, bench_files, 
     assert "heldout ROUGE-L" in report["headline"] and "true_or_false accuracy" in report["headline"]
     markdown = (out / "report.md").read_text()
     assert "## multiple_choice" in markdown and "| 呼吸系统疾病 |" in markdown and "unparseable" in markdown
+    assert "ROUGE: the `rouge` package, as the paper's code" in markdown and report["settings"]["rouge"] == "paper"
+    assert report["scores"]["heldout"]["overall"]["rouge"] == "paper"
     assert (out / "report.png").stat().st_size > 1000
     assert "## heldout" in done.stdout
 

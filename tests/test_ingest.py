@@ -6,7 +6,7 @@ import pytest
 
 from pedray.ingest.normalize import Deduplicator, normalize_text
 from pedray.ingest.prep import prep
-from pedray.ingest.readers import InputError, read_path
+from pedray.ingest.readers import InputError, Skipped, read_path
 
 
 def _write(path, rows):
@@ -54,8 +54,9 @@ def test_dataset_info_entries_with_columns_and_tags(tmp_path):
         "qa": {"file_name": "qa.jsonl", "columns": {"prompt": "q", "response": "a"}},
         "remote": {"hf_hub_url": "someone/data"}}), encoding="utf-8")
     items = _records(tmp_path)  # a folder with dataset_info.json reads through it
-    assert [reason for _, _, reason in items] == [None, None]
+    assert [reason for _, _, reason in items][:2] == [None, None]
     assert items[0][0].startswith("chat: line 1")
+    assert items[2][0] == "remote" and isinstance(items[2][2], Skipped) and "hf_hub_url=someone/data" in items[2][2]
 
 
 def test_raw_text_in_both_layouts(tmp_path):
@@ -90,7 +91,7 @@ def test_bad_records_are_rejected_with_place_and_reason_and_neighbours_kept(tmp_
     rejects = [json.loads(line) for line in open(out / "rejects.jsonl", encoding="utf-8")]
     reasons = {r["where"]: r["reason"] for r in rejects}
     assert reasons["line 2"].startswith("bad JSON")
-    assert reasons["line 3"] == "unrecognised layout: no instruction, conversations, messages or text field"
+    assert reasons["line 3"].startswith("unrecognised layout: no instruction, conversations, messages or text field")
     assert reasons["line 4"] == "empty answer"
     assert reasons["line 5"] == "wrong role order"
     assert reasons["line 6"] == "unknown role 'alien'"

@@ -306,12 +306,16 @@ class EvalConfig:
     """Questions per batched, KV-cached generate call."""
     actors: int = 0
     """Model replicas in the Ray Data actor pool (0: one per free CPU)."""
+    rouge: str = "paper"
+    """ROUGE implementation: `paper` (the `rouge` package, as the paper's code; comparable with its table)
+    or `rouge-chinese` (splits sentences at 。！？; ROUGE-L differs by several points)."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 8192, "eval.max_new_tokens must be in [1, 8192]")
         _check(self.limit >= 0, "eval.limit must be >= 0 (0 = all)")
         _check(self.batch_size >= 1, "eval.batch_size must be positive")
         _check(self.actors >= 0, "eval.actors must be >= 0 (0 = one per free CPU)")
+        _check(self.rouge in ("paper", "rouge-chinese"), "eval.rouge must be 'paper' or 'rouge-chinese'")
 
 
 @dataclass

@@ -13,6 +13,10 @@ _NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLE
           "distinct2": "Distinct-2"}
 
 
+ROUGE_NAMES = {"paper": "the `rouge` package, as the paper's code computes it (comparable with its table)",
+               "rouge-chinese": "rouge-chinese (sentences split at 。！？; not comparable with the paper's ROUGE-L)"}
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """Markdown table lines, scores with two decimals."""
     cells = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in rows]
@@ -67,8 +71,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {report['model']}", "",
              f"{gen['answers']} answers in {gen['seconds']:.1f} s ({gen['answers_per_s']:.2f} answers/s, "
              f"{gen['new_tokens']} new tokens), greedy, at most {report['settings']['max_new_tokens']} new tokens.",
-             "Scores x100. Empty predictions score zero on every text metric; unparseable objective answers "
-             "count as wrong."]
+             "Scores x100. Empty (or whitespace-only) predictions score zero on every text metric; unparseable "
+             "objective answers count as wrong.",
+             f"ROUGE: {ROUGE_NAMES[report['settings'].get('rouge', 'rouge-chinese')]}."]
     for name, entry in report["scores"].items():
         lines += ["", f"## {name}", ""]
         if entry["kind"] == "text":

@@ -19,7 +19,7 @@ REPORT = "report.json"
 def settings_key(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig, identity: str = "") -> str:
     """What a report depends on: the model (its identity when known), the questions and the generation settings."""
     payload = {"model": identity or str(model_dir if storage.is_uri(model_dir) else Path(model_dir).resolve()), "max_new_tokens": cfg.max_new_tokens,
-               "questions": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()}
+               "rouge": cfg.rouge, "questions": hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -53,10 +53,11 @@ def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, locat
     with (out / "answers.jsonl").open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    scores = score_rows(rows)
+    scores = score_rows(rows, cfg.rouge)
     report = {
         "model": str(model_dir), "key": settings_key(model_dir, items, cfg, identity),
-        "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "limit": cfg.limit},
+        "settings": {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "limit": cfg.limit,
+                     "rouge": cfg.rouge},
         "generation": {"answers": len(rows), "seconds": round(seconds, 2), "answers_per_s": len(rows) / seconds,
                        "new_tokens": int(sum(row["new_tokens"] for row in rows))},
         "scores": scores, "headline": headline(scores), "samples": samples(rows),

@@ -7,7 +7,8 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 from pedray.eval.degeneration import answer_stats, mean_stats
-from pedray.eval.metrics import corpus_scores, extract_choices, extract_judgement
+from pedray.eval.answers import extract_choices, extract_judgement
+from pedray.eval.metrics import corpus_scores
 
 Row = dict[str, Any]
 
@@ -45,20 +46,21 @@ def annotate(row: Row) -> Row:
     return row
 
 
-def _text(rows: list[Row]) -> dict[str, Any]:
-    scores = corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+def _text(rows: list[Row], rouge: str = "paper") -> dict[str, Any]:
+    scores = corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows], rouge)
     scores["degeneration"] = mean_stats([annotate(r)["degeneration"] for r in rows])
     return scores
 
 
-def score_set(rows: list[Row]) -> dict[str, Any]:
-    """One set's scores: `overall`, and `by_task` (text) or `by_group` and `by_answers` (objective)."""
+def score_set(rows: list[Row], rouge: str = "paper") -> dict[str, Any]:
+    """One set's scores: `overall`, and `by_task` (text) or `by_group` and `by_answers` (objective).
+    `rouge` names the ROUGE implementation (`pedray.eval.metrics`)."""
     kinds = {row["kind"] for row in rows}
     if kinds == {"text"}:
-        out = {"kind": "text", "overall": _text(rows)}
+        out = {"kind": "text", "overall": _text(rows, rouge)}
         by_task = _grouped(rows, "task")
         if len(by_task) > 1:
-            out["by_task"] = {task: _text(part) for task, part in by_task.items()}
+            out["by_task"] = {task: _text(part, rouge) for task, part in by_task.items()}
         return out
     if "text" in kinds:
         raise ValueError(f"a set mixes open and objective questions ({sorted(kinds)}); split the file")
@@ -72,9 +74,9 @@ def score_set(rows: list[Row]) -> dict[str, Any]:
     return out
 
 
-def score_rows(rows: list[Row]) -> dict[str, dict[str, Any]]:
+def score_rows(rows: list[Row], rouge: str = "paper") -> dict[str, dict[str, Any]]:
     """Every set's scores, by set name."""
-    return {name: score_set(part) for name, part in _grouped(rows, "set").items()}
+    return {name: score_set(part, rouge) for name, part in _grouped(rows, "set").items()}
 
 
 def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:

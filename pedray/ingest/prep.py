@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 from pedray.corpus.generate import split_of
 from pedray.ingest.normalize import Deduplicator
-from pedray.ingest.readers import read_path
+from pedray.ingest.readers import Skipped, read_path
 
 
 class _Writers:
@@ -29,11 +29,14 @@ class _Writers:
 
 
 def prep(inputs: Iterable[str | Path], out: str | Path, task: str | None = None, holdout: float = 0.0,
-         seed: int = 0, near_duplicate_threshold: float = 0.9) -> dict[str, Any]:
+         seed: int = 0, near_duplicate_threshold: float = 0.9, layout: dict[str, str] | None = None) -> dict[str, Any]:
     """Read every input, keep valid unique records, reject the rest with file, place and reason.
 
-    Writes `{kind}_{split}.jsonl`, `rejects.jsonl` and `summary.json` to `out`; returns the summary.
-    A file that cannot be read at all raises `InputError` before anything of it is counted.
+    Writes `{kind}_{split}.jsonl`, `rejects.jsonl` and `summary.json` to `out`; returns the summary,
+    whose `files` gives kept, rejected and the reasons per file, `skipped` the dataset_info entries
+    passed over, and `empty_files` the inputs none of whose records was kept. A file that cannot be
+    read at all raises `InputError` before anything of it is counted; a record never stops the run.
+    `layout` maps roles to column names (`--columns`) for files whose columns are not recognised.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,31 +44,102 @@ def prep(inputs: Iterable[str | Path], out: str | Path, task: str | None = None,
     writers = _Writers(out)
     summary: dict[str, Any] = {"read": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(),
                                "kept_by_task": Counter(), "kept_by_source": Counter(), "kept_by_kind": Counter(),
-                               "files": {}}
-    per_file: dict[str, Counter] = defaultdict(Counter)
+                               "files": {}, "skipped": []}
+    per_file: dict[str, dict[str, Any]] = {}
+
+    def count(source: str, outcome: str, reason: str | None = None) -> None:
+        entry = per_file.setdefault(source, {"kept": 0, "rejected": 0, "reasons": Counter()})
+        entry[outcome] += 1
+        if reason:
+            entry["reasons"][_reason_kind(reason)] += 1
+
     try:
         with (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
             for given in inputs:
-                for source, where, record, reason in read_path(given, task):
+                if Path(given).is_file():  # listed even when it yields nothing at all
+                    per_file.setdefault(str(given), {"kept": 0, "rejected": 0, "reasons": Counter()})
+                for source, where, record, reason in read_path(given, task, **({"layout": layout} if layout else {})):
+                    if isinstance(reason, Skipped):
+                        summary["skipped"].append({"file": source, "entry": where, "reason": str(reason)})
+                        continue
                     summary["read"] += 1
                     if record is not None:
-                        reason = dedup.check(record)
+                        reason = _keep(record, dedup, writers, seed, holdout)
                     if reason is not None:
-                        rejects.write(json.dumps({"file": str(source), "where": where, "reason": reason},
-                                                 ensure_ascii=False) + "\n")
+                        rejects.write(_json_line({"file": str(source), "where": where, "reason": reason}))
                         summary["rejected"] += 1
-                        summary["rejected_by_reason"][reason] += 1
-                        per_file[str(source)]["rejected"] += 1
+                        summary["rejected_by_reason"][_reason_kind(reason)] += 1
+                        count(str(source), "rejected", reason)
                         continue
-                    split = "train" if record["kind"] == "text" else split_of(record["id"], seed, holdout)
-                    writers.write(f"{record['kind']}_{split}.jsonl", record)
                     summary["kept"] += 1
                     for key in ("task", "source", "kind"):
                         summary[f"kept_by_{key}"][record[key]] += 1
-                    per_file[str(source)]["kept"] += 1
+                    count(str(source), "kept")
     finally:
         writers.close()
-    summary["files"] = {name: dict(counts) for name, counts in per_file.items()}
+    summary["files"] = {name: dict(c, reasons=dict(c["reasons"])) for name, c in per_file.items()}
+    summary["empty_files"] = sorted(name for name, c in per_file.items() if c["kept"] == 0)
     summary = {k: dict(v) if isinstance(v, Counter) else v for k, v in summary.items()}
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     return summary
+
+
+def _keep(record: dict[str, Any], dedup: Deduplicator, writers: _Writers, seed: int, holdout: float) -> str | None:
+    """Write a new record to its kind and split; the reason instead when it is a duplicate or cannot be written."""
+    try:
+        reason = dedup.check(record)
+        if reason is None:
+            split = "train" if record["kind"] == "text" else split_of(record["id"], seed, holdout)
+            writers.write(f"{record['kind']}_{split}.jsonl", record)
+        return reason
+    except Exception as err:  # one record never stops the run
+        return f"cannot write record ({type(err).__name__}: {err})"
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    """Readable JSON, escaped only where the text cannot be written as UTF-8 (a lone surrogate in a key)."""
+    line = json.dumps(obj, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(obj)
+    return line + "\n"
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its per-record detail (`bad JSON: Expecting value` -> counted as itself; quoted keys cut)."""
+    return reason.split(" (")[0] if len(reason) > 80 else reason
+
+
+def inspect(path: str | Path, task: str | None = None, layout: dict[str, str] | None = None,
+            rows: int = 3) -> dict[str, Any]:
+    """What `prep` would make of a file: the columns it sees, the role each plays, the first records."""
+    from itertools import islice
+
+    from pedray.ingest import layout as by_meaning
+    from pedray.ingest.readers import json_objects, sheet_rows
+
+    path = Path(path)
+    columns: list[str] = []
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        import csv
+        import io
+
+        from pedray.ingest.readers import decode
+
+        text = decode(path.read_bytes(), path)
+        columns = next(csv.reader(io.StringIO(text), dialect="excel-tab" if suffix == ".tsv" else "excel"), [])
+    elif suffix == ".xlsx":
+        columns = next((header for _, header, _ in sheet_rows(path)), [])
+    elif suffix in (".json", ".jsonl") and path.name != "dataset_info.json":
+        first = next((obj for _, _, obj, reason in json_objects(path) if reason is None), None)
+        columns = list(first) if isinstance(first, dict) else []
+    items = list(islice(read_path(path, task, **({"layout": layout} if layout else {})), rows))
+    return {"file": str(path), "columns": columns,
+            "roles": by_meaning.describe(by_meaning.resolve(columns, layout)) if columns else "-",
+            "first": [{"where": where, "reason": reason} if record is None else
+                      {"where": where, "kind": record["kind"], "task": record["task"], "group": record["group"],
+                       "messages": record["messages"], "text": record["text"][:200],
+                       "chosen": record["chosen"][:200], "rejected": record["rejected"][:200]}
+                      for _, where, record, reason in items]}
