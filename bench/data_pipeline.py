@@ -77,6 +77,9 @@ def main() -> None:
     model = init_model("tiny", work / "model")
     cfg = DataConfig(seq_len=512, batch_size=512, instructions=count)
     started = time.perf_counter()
+    from pedray.cluster import loopback_only
+
+    loopback_only()  # a private Ray listens on 127.0.0.1 only
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_start = time.perf_counter() - started

@@ -81,6 +81,9 @@ def main() -> None:
     sample = items[::stride]
     loop_answers, loop_seconds = plain_loop(sample, model_dir, max_new_tokens)
 
+    from pedray.cluster import loopback_only
+
+    loopback_only()  # a private Ray listens on 127.0.0.1 only
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter()

@@ -140,6 +140,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pedray-bench-experts-"))
     write_corpus(work / "corpus", seed=0, count=600, holdout=0.0)
     model_dir = default_model_dir("small")
+    from pedray.cluster import loopback_only
+
+    loopback_only()  # a private Ray listens on 127.0.0.1 only
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     results["stage"] = {stage: stage_speed(model_dir, work / "corpus", work / "run", stage, steps, args.experts)

@@ -42,6 +42,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pedray-gpu-check-"))
     write_corpus(work / "corpus", seed=0, count=3000, holdout=0.02)
     model_dir = default_model_dir(args.size)
+    from pedray.cluster import loopback_only
+
+    loopback_only()  # a private Ray listens on 127.0.0.1 only
     ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     recipe = load_recipe(None, [
         f"output_dir={work / 'run'}", f"data.corpus_dir={work / 'corpus'}", f"model.path={model_dir}",

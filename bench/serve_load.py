@@ -209,6 +209,9 @@ def main() -> None:
                      "settings": args.set}
     results["one_at_a_time"] = one_at_a_time(model_dir, per_level[1], max_tokens, cpus)
 
+    from pedray.cluster import loopback_only
+
+    loopback_only()  # a private Ray listens on 127.0.0.1 only
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     port = free_port()  # one HTTP proxy for every app: Serve keeps the port it started with
     # An expert replica's threads leave one core to the HTTP proxy and router: on 2 cores, two OMP threads

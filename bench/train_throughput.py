@@ -234,6 +234,9 @@ def main() -> None:
 
     def ours(index: int) -> dict:
         # Ray runs only for this row: its idle processes would otherwise slow the other rows down.
+        from pedray.cluster import loopback_only
+
+        loopback_only()  # a private Ray listens on 127.0.0.1 only
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:

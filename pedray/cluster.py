@@ -25,8 +25,25 @@ def quiet_workers() -> None:
     warnings.filterwarnings("ignore", message=".*exclude_resources.*")
 
 
+def loopback_only() -> None:
+    """Make a Ray started from this process listen on 127.0.0.1 only.
+
+    Ray binds its servers (GCS, raylet, workers, agents) to the node's IP, which on Linux is the
+    machine's network address: anyone on the network could reach a private laptop cluster, and a Ray
+    cluster executes code. With `ENABLE_RAY_CLUSTER` off (Ray's own single-machine mode on macOS and
+    Windows) the node IP is the loopback address. The environment variable reaches the processes Ray
+    starts; the module constant covers a Ray imported before this call. Never for a cluster the user
+    started: that one is theirs to configure (README: "Securing a cluster").
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Connect to RAY_ADDRESS when set, else start a private local Ray (never a stale cluster file).
+    """Connect to RAY_ADDRESS when set, else start a private local Ray on loopback only (never a stale
+    cluster file).
 
     `dashboard`: also start the dashboard, whose state API Ray Train's placement-group cleaner needs
     when a Train run's owner is killed (as Tune does with a finished or stopped trial).
@@ -46,6 +63,7 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
                 env["DS_ACCELERATOR"] = "cpu"  # said, so DeepSpeed does not warn that it fell back to the CPU
         except ImportError:
             pass
+        loopback_only()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level="ERROR",
                  runtime_env={"worker_process_setup_hook": "pedray.cluster.quiet_workers", "env_vars": env})

@@ -59,7 +59,10 @@ def ray_local():
     """One private local Ray with 2 CPUs for the whole session (never a stale cluster, never `ray stop`)."""
     import ray
 
+    from pedray.cluster import loopback_only
+
     if not ray.is_initialized():
+        loopback_only()
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PEDRAY_CACHE": os.environ["PEDRAY_CACHE"]}})
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -114,9 +114,15 @@ def test_bad_input_is_a_4xx_with_an_openai_error_body_never_a_5xx(served):
         assert response.json()["error"]["type"] == "invalid_request_error"
     too_long = httpx.post(url, content=bad[-1], headers={"content-type": "application/json"}, timeout=60).json()
     assert too_long["error"]["code"] == "context_length_exceeded"
-    assert httpx.get(f"{served}/v1/nothing-here").status_code == 404
+    deep = b'{"model":"pedray","messages":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = httpx.post(url, content=deep, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]["message"]
+    plain = httpx.post(url, content=json.dumps({"messages": ASK}).encode(), headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and plain.json()["error"]["code"] == "unsupported_media_type"
+    for response in (httpx.get(f"{served}/v1/nothing-here"), httpx.get(url), httpx.delete(f"{served}/health")):
+        assert response.status_code in (404, 405) and "error" in response.json(), response.text
     assert httpx.get(f"{served}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{served}/ready", timeout=30).json()["status"] == "ready"
+    assert httpx.get(f"{served}/ready", timeout=30).json() == {"status": "ready"}
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(served):
@@ -138,8 +144,14 @@ def test_task_gated_mouse_is_served_as_merged_experts_behind_an_api_key(served):
     with pytest.raises(AuthenticationError):
         _client(base, "wrong").chat.completions.create(model="pedray", messages=ASK, max_tokens=2)
     assert httpx.post(f"{base}/v1/chat/completions", json={"messages": ASK}).status_code == 401
+    for path in ("/v1/routes", "/v1/models", "/v1/nothing-here"):  # every /v1 path, known or not
+        response = httpx.get(f"{base}{path}")
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", path
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}  # open, and says nothing else
+    key = {"authorization": "Bearer secret"}
     client = _client(base, "secret")
-    routes = httpx.get(f"{base}/v1/routes").json()["routes"]
+    listed = httpx.get(f"{base}/v1/routes", headers=key).json()
+    routes = listed["routes"]
     assert routes == {t: t for t in ("medkqa", "evidiag", "trerecom", "dialogue", "general")}
     answers = {}
     for task in ("medkqa", "dialogue"):
@@ -147,7 +159,7 @@ def test_task_gated_mouse_is_served_as_merged_experts_behind_an_api_key(served):
         assert reply.model_extra["pedray"]["expert"] == task
         answers[task] = reply.choices[0].message.content
     assert answers["medkqa"] != answers["dialogue"]  # different merged experts, different weights
-    assert sorted(httpx.get(f"{base}/ready", timeout=30).json()["experts"]) == sorted(routes)
+    assert listed["experts"] == sorted(routes) and httpx.get(f"{base}/ready", timeout=30).json() == {"status": "ready"}
 
 
 def test_llm_judge_runs_against_our_own_serve_app(served):

@@ -56,6 +56,14 @@ def _number(body: dict, name: str, default: float, low: float, high: float, inte
     return value
 
 
+def check_json_type(content_type: str | None) -> None:
+    """A request body must be declared JSON (`curl -d` without a header sends a form type): 415 otherwise."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise APIError(415, f"Content-Type must be application/json, got {media or 'none'!r}",
+                       code="unsupported_media_type")
+
+
 def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256,
                penalties: dict[str, float] | None = None) -> ChatRequest:
     """A validated request from the raw body; raises APIError(400) naming the offending field.
@@ -67,6 +75,8 @@ def parse_chat(raw: bytes, max_tokens_limit: int, default_max_tokens: int = 256,
         raise APIError(400, "request body is not UTF-8") from None
     except json.JSONDecodeError as err:
         raise APIError(400, f"request body is not valid JSON ({err.msg} at position {err.pos})") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
     messages = body.get("messages")

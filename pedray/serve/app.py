@@ -17,14 +17,38 @@ from pathlib import Path
 from typing import Any, AsyncGenerator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from pedray import storage
 from pedray.config.schema import ServeConfig
 from pedray.serve import safety
-from pedray.serve.api import PENALTY_FIELDS, APIError, chunk, completion, parse_chat
+from pedray.serve.api import PENALTY_FIELDS, APIError, check_json_type, chunk, completion, parse_chat
 from pedray.vocab import TASKS
+
+
+def bind_replica_to_node_ip() -> None:
+    """Serve starts every replica's inter-deployment gRPC server on [::], every interface (hard-coded in
+    ray.serve._private.replica, which binds it after the deployment's constructor returns). Ray core binds
+    its own servers to the node IP; so do we for Serve's: 127.0.0.1 on a private local Ray, the node's
+    address on a cluster. Called first in every deployment's constructor; a Ray without that function
+    is left as it is (the listening test in tests/test_serve_cli.py notices)."""
+    import ray
+    from ray.serve._private import replica
+
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "pedray_bound", False):
+        return
+    ip = ray.util.get_node_ip_address()
+    host = f"[{ip}]" if ":" in ip else ip
+
+    def bound(server, address: str):
+        return original(server, address.replace("[::]", host, 1))
+
+    bound.pedray_bound = True
+    replica.add_port_to_grpc_server = bound
 
 
 @serve.deployment
@@ -34,6 +58,7 @@ class Expert:
 
     def __init__(self, model_dir: str, name: str, max_batch_size: int, threads: int,
                  stream_interval_s: float = 0.2, vllm: dict[str, Any] | None = None) -> None:
+        bind_replica_to_node_ip()
         self.name, self.interval = name, stream_interval_s
         if vllm:
             from pedray.serve.vllm_engine import VLLMEngine
@@ -80,7 +105,36 @@ class Expert:
         return {"expert": self.name, "pid": os.getpid(), **self.engine.stats()}
 
 
-app = FastAPI(title="pedray", docs_url=None, redoc_url=None)
+app = FastAPI(title="pedray", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown paths (404) and wrong methods (405) answer in OpenAI's error layout too."""
+    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+    detail = {404: f"no such path: {request.method} {request.url.path}",
+              405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return _error(APIError(exc.status_code, detail, kind=kind))
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return _error(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(APIError(400, f"invalid request: {exc.errors()[:1]}"))
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """What we did not foresee is still JSON (and a 500: it is ours to fix, not the client's)."""
+    return _error(APIError(500, f"internal error ({type(exc).__name__})", kind="server_error"))
 
 
 @serve.deployment
@@ -92,6 +146,7 @@ class Router:
                  cfg: dict[str, Any]) -> None:
         from pedray.model.build import check_model_dir, load_tokenizer
 
+        bind_replica_to_node_ip()
         self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.ready_handles = experts
         self.routes, self.cfg = routes, ServeConfig(**cfg)
@@ -107,40 +162,45 @@ class Router:
                               tag_keys=("route", "expert"))
 
     def _auth(self, request: Request) -> None:
-        if self.cfg.api_key and request.headers.get("authorization") != f"Bearer {self.cfg.api_key}":
+        """With `serve.api_key` set, every /v1 path needs it (known or not); /health and /ready stay open."""
+        key = self.cfg.api_key
+        if key and not secrets.compare_digest(request.headers.get("authorization", "").encode(),
+                                              f"Bearer {key}".encode()):
             raise APIError(401, "missing or wrong API key (Authorization: Bearer <key>)", kind="authentication_error",
                            code="invalid_api_key")
 
     @app.get("/health")
     def health(self) -> dict[str, str]:
+        """Open without a key, so it says nothing but that the router answers."""
         return {"status": "ok"}
 
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
+        """Open without a key: whether every expert answers, and nothing more (the experts are on /v1/routes)."""
         try:
-            names = await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.ready_handles.values())), 10)
-        except Exception as err:  # an expert that cannot answer makes the app not ready
-            return JSONResponse({"status": "not ready", "reason": f"{type(err).__name__}: {err}"}, status_code=503)
-        return JSONResponse({"status": "ready", "experts": sorted(names)})
+            await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.ready_handles.values())), 10)
+        except Exception:  # an expert that cannot answer makes the app not ready
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models")
     def models(self, request: Request) -> JSONResponse:
-        try:
-            self._auth(request)
-        except APIError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+        self._auth(request)
         return JSONResponse({"object": "list", "data": [{"id": self.cfg.model_name, "object": "model",
                                                            "owned_by": "pedray"}]})
 
     @app.get("/v1/routes")
-    def route_counts(self) -> dict[str, Any]:
+    def route_counts(self, request: Request) -> dict[str, Any]:
         """Requests per route seen by this router replica, and the expert each route goes to."""
-        return {"counts": self.counts, "routes": self.routes, "retries": self.retries}
+        self._auth(request)
+        return {"counts": self.counts, "routes": self.routes, "retries": self.retries,
+                "experts": sorted(self.ready_handles)}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
         try:
             self._auth(request)
+            check_json_type(request.headers.get("content-type"))
             chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens,
                               {name: getattr(self.cfg, name) for name in PENALTY_FIELDS})
             prompt = self.tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
@@ -175,6 +235,15 @@ class Router:
         text = safety.wrap("".join(answer), urgent)
         used = len(self.tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
         return JSONResponse(completion(model, text, finish, len(prompt_ids), used, info), headers=headers)
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    def other_v1(self, request: Request, rest: str) -> JSONResponse:
+        """Any other /v1 path (or a known one with the wrong method): the key first, then 404 or 405."""
+        self._auth(request)
+        known = {"models", "routes", "chat/completions"}
+        status = 405 if rest in known else 404
+        return _error(APIError(status, f"{'method ' + request.method + ' not allowed on' if status == 405 else 'no such path:'} "
+                               f"/v1/{rest}", kind="not_found_error" if status == 404 else "invalid_request_error"))
 
     async def _pieces(self, expert: str, job: dict[str, Any], attempts: int = 3) -> AsyncGenerator[tuple, None]:
         """The expert's (delta, finish reason) items. A replica that dies mid-request is replaced: the request

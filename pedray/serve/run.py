@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pedray import storage
@@ -20,6 +21,12 @@ def default_model(recipe: Recipe) -> str | Path:
                             f"`python jobs/train_all.py` (or `make demo`), or pass --model DIR")
 
 
+def _applied_options_filter(record: logging.LogRecord) -> bool:
+    """serve.run connects to the Serve that serve.start just started with our http_options and logs that
+    "New http_options ... will not be applied": they were (serve.start applied them), so the line misleads."""
+    return "will not be applied" not in record.getMessage()
+
+
 def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_name: str = "pedray") -> str:
     """Deploy the app on the running (or a new local) Ray; returns the base URL of its OpenAI API."""
     from ray import serve
@@ -33,5 +40,6 @@ def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_nam
     ensure_ray()
     application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")
     serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
+    logging.getLogger("ray.serve").addFilter(_applied_options_filter)
     serve.run(application, name=app_name, route_prefix="/", blocking=blocking)
     return f"http://{cfg.host}:{cfg.port}/v1"
