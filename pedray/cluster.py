@@ -5,22 +5,42 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 # Ray Train's placement-group cleaner asks the state API every second whether the controller lives. A
 # private local Ray runs without the dashboard that serves that API, so every query fails and logs a
 # warning (hundreds a demo run). The cleaner only matters when a controller dies ungracefully on a Ray
 # that outlives it; a private Ray ends with its driver, placement groups included.
+# Ray Data's logging layout with a console for warnings only (its INFO lines still go to ray-data.log).
+RAY_DATA_LOGGING = str(Path(__file__).with_name("ray_data_logging.yaml"))
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+class KnownNoise(logging.Filter):
+    """Drops console lines that report what pedray chose, not a problem: Ray Data warns once per process
+    that progress bars are off, and pedray turns them off (a bar per dataset and worker garbles the
+    console; the training loop prints its own progress)."""
+
+    PREFIXES = ("Progress bars disabled", "Progress bars for operators disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
 
 
 def quiet_workers() -> None:
     """Runs first in every worker process of a private local Ray (Ray's worker_process_setup_hook): what
     is configured away here is known noise, each for the reason given; warnings that can be real stay."""
     logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
-    # Train logs every report, checkpoint and worker-group step at INFO: the stage's own progress lines
-    # and the driver's summary say the same once.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # The cleaner finds "its" cluster through RAY_ADDRESS, else by scanning the host: with two Ray
+    # instances on one machine (a second run, a test) the scan fails and its thread dies with a traceback.
+    import ray
+
+    try:
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected yet: the scan it falls back to is Ray's default
+        pass
+    # (Ray Train's INFO lines are kept off the console by the stage's LoggingConfig, Ray Data's by
+    # RAY_DATA_LOGGING_CONFIG: both still reach their log files.)
     # Ray Data warns about its own deprecated option, set by Ray Train's dataset manager, not by us.
     warnings.filterwarnings("ignore", message=".*exclude_resources.*")
 
@@ -55,7 +75,9 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level="ERROR")
     else:
-        env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # weight-loading bars, one per worker and model load
+        env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",  # weight-loading bars, one per worker and model load
+               "RAY_DATA_LOGGING_CONFIG": RAY_DATA_LOGGING}
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = RAY_DATA_LOGGING  # the driver's own Ray Data too
         try:
             import torch
 
@@ -69,4 +91,18 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
                  runtime_env={"worker_process_setup_hook": "pedray.cluster.quiet_workers", "env_vars": env})
         if not dashboard:
             quiet_workers()  # the driver's own Ray Data and Train loggers too
+    if os.environ.get("RAY_DATA_LOGGING_CONFIG") == RAY_DATA_LOGGING:
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()  # Ray Data configured its logger when imported, perhaps before this call
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def logs_dir() -> str | None:
+    """Where this Ray session's full logs are (Train, Data, every worker's output), when known."""
+    try:
+        import ray
+
+        return ray._private.worker.global_worker.node.get_logs_dir_path()
+    except Exception:  # not connected, or a Ray without that attribute: the caller says nothing
+        return None

@@ -129,6 +129,14 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     assert "[cpt] complete already" in second.stdout
     manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
     assert manifest["steps"] == 14 and manifest["resumed_from_step"] >= 4
+    # A console a person can follow: each progress line once, no Ray Train or Ray Data INFO lines
+    console = second.stdout + second.stderr
+    progress = [line.split(")")[-1].strip() for line in console.splitlines() if "[sft]" in line and "% " in line]
+    assert progress and len(progress) == len(set(progress)) and "left" in progress[-1] and "14/14" in progress[-1]
+    for noise in ("Reporting training result", "Execution plan of Dataset", "Starting execution of Dataset",
+                  "PlacementGroupCleaner", "Checkpoint successfully created", "Progress bars disabled"):
+        assert noise not in console, noise
+    assert "Ray's full logs" in second.stdout
 
 
 def _report_recorder(path: Path):

@@ -74,6 +74,13 @@ def _keep(record_id: str, seed: int, probability: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < probability
 
 
+def _hybrid_sample(batch: pa.Table, seed: int, probability: float) -> pa.Table:
+    """Every pretraining document of the batch and the seeded share of its instructions."""
+    keep = [kind == "text" or _keep(record_id, seed, probability)
+            for kind, record_id in zip(batch.column("kind").to_pylist(), batch.column("id").to_pylist())]
+    return batch.filter(pa.array(keep, type=pa.bool_()))
+
+
 def _rows(batch: pa.Table, cfg: DataConfig) -> list[dict[str, Any]]:
     """The batch's records; in stream mode shuffled by the batch's seed (the only mixing it gets)."""
     rows = batch.to_pylist()
@@ -139,8 +146,8 @@ def cpt_dataset(dirs: list[str | Path], tokenizer_path: str, cfg: DataConfig, sp
     seed = cfg.seed
     # One read over both kinds: the hybrid sample keeps every document and a seeded share of instructions.
     records = read_records(text_files + instruction_files, seed, "none" if cfg.shuffle == "global" else cfg.shuffle)
-    mixed = records.select_columns(["id", "kind", "messages", "text"]).filter(
-        lambda r: r["kind"] == "text" or _keep(r["id"], seed, probability))
+    mixed = records.select_columns(["id", "kind", "messages", "text"]).map_batches(
+        _hybrid_sample, batch_format="pyarrow", fn_kwargs={"seed": seed, "probability": probability})
     if cfg.shuffle == "global":
         mixed = mixed.random_shuffle(seed=seed)
     return mixed.map_batches(_cpt_batch, batch_size=cfg.batch_size, batch_format="pyarrow",

@@ -26,7 +26,11 @@ ROUGE_IMPLEMENTATIONS = ("paper", "rouge-chinese")
 
 def segment(text: str) -> list[str]:
     """Word-level jieba segmentation, whitespace dropped."""
+    import logging
+
     import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # not its dictionary-loading lines, in every process that segments
 
     return [word for word in jieba.lcut(text.strip()) if word.strip()]
 

@@ -97,4 +97,8 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
         print(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):",
               flush=True)
         print(evaluation.finish(), flush=True)
+    from pedray.cluster import logs_dir
+
+    if logs_dir():
+        print(f"\nRay's full logs (Train, Data, every worker's output): {logs_dir()}", flush=True)
     return manifests

@@ -102,7 +102,8 @@ def process_group(use_gpu: bool) -> Iterator[None]:
         added = [key for key in defaults if key not in os.environ]
         os.environ.update({key: defaults[key] for key in added})
         _forget_stale_groups()
-    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    with _without_build_notices():
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     try:
         yield
     finally:
@@ -111,6 +112,24 @@ def process_group(use_gpu: bool) -> Iterator[None]:
                 dist.destroy_process_group()
             for key in added:
                 os.environ.pop(key, None)
+
+
+@contextmanager
+def _without_build_notices() -> Iterator[None]:
+    """DeepSpeed prints "DeepSpeed <op> built successfully" for each op it loads while it sets up
+    communication (once per worker and stage); anything else it prints passes through."""
+    import contextlib
+    import io
+    import sys
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        kept = [line for line in captured.getvalue().splitlines() if not line.endswith("built successfully")]
+        if kept:
+            print("\n".join(kept), file=sys.stdout, flush=True)
 
 
 @contextmanager

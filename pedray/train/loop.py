@@ -164,12 +164,58 @@ def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
     return state, folder
 
 
+class _Progress:
+    """The stage's progress on the console: a line at every tenth of the run and at the end, with step/total,
+    loss, learning rate, tokens/s and the time left (rank 0 prints; the history keeps every log_every step)."""
+
+    def __init__(self, stage: str, start: int, total: int) -> None:
+        self.stage, self.start, self.total = stage, start, total
+        self.began, self.shown = time.monotonic(), start * 10 // max(total, 1)
+
+    def show(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        tenth = step * 10 // max(self.total, 1)
+        if tenth <= self.shown and step < self.total:
+            return
+        self.shown = tenth
+        elapsed = time.monotonic() - self.began
+        left = elapsed / max(step - self.start, 1) * (self.total - step)
+        print(f"[{self.stage}] {100 * step // max(self.total, 1):3d}%  step {step}/{self.total}  loss {loss:.4f}  "
+              f"lr {lr:.2e}  tok/s {tokens_per_s:,.0f}  left {int(left) // 60}m{int(left) % 60:02d}s", flush=True)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder), status_dir."""
     from pedray.train.engine import process_group
 
     with process_group(bool(config["recipe"].get("scaling", {}).get("use_gpu", False))):
         _train(config)
+
+
+class _KnownNoise:
+    """A logging filter for DeepSpeed's scheduler, which asks itself for a learning rate while it is being
+    built and warns that it has not started (its first step sets the rate; nothing is wrong)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "before it has started" not in record.getMessage()
+
+
+def _quiet_known_noise() -> None:
+    """What a worker would print that is not a problem, configured away here so that it holds on any
+    cluster (each for the reason given); real warnings stay."""
+    import importlib.util
+    import logging
+    import warnings
+
+    # Ray Train's worker context logs every report at INFO through a logger named after its file path,
+    # not `ray.train`, so the run's LoggingConfig does not reach it and the root logger prints it. The
+    # reports are in the controller's log files.
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").addFilter(_KnownNoise())
+    # DeepSpeed's ZeRO calls a torch.distributed function torch has deprecated: theirs to change.
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
 
 
 def _train(config: dict[str, Any]) -> None:
@@ -179,6 +225,7 @@ def _train(config: dict[str, Any]) -> None:
     from pedray.train.engine import Engine, deepspeed_config
     from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
 
+    _quiet_known_noise()
     recipe: Recipe = build(Recipe, config["recipe"], "<train loop config>")
     stage, spec = config["stage"], STAGE_SPECS[config["stage"]]
     settings, scaling = recipe.stage(config["stage"]), recipe.scaling
@@ -225,6 +272,7 @@ def _train(config: dict[str, Any]) -> None:
     if state["step"] == 0 and not state["eval"]:
         evaluate({})
     window, metrics = _Window(), (state["history"][-1] if state["history"] else {})
+    progress = _Progress(stage, state["step"], settings.max_steps)
     reported = float("-inf")  # when metrics last went to Ray Train (the first progress report goes at once)
     engine.engine.train()
     while state["step"] < settings.max_steps:
@@ -246,8 +294,7 @@ def _train(config: dict[str, Any]) -> None:
             state["history"].append(metrics)
             window = _Window()
             if rank == 0:
-                print(f"[{stage}] step {step}/{settings.max_steps}  loss {metrics[f'{stage}/loss']:.4f}  "
-                      f"lr {engine.lr:.2e}  tok/s {metrics[f'{stage}/tokens_per_s']:,.0f}", flush=True)
+                progress.show(step, metrics[f"{stage}/loss"], engine.lr, metrics[f"{stage}/tokens_per_s"])
         if (step % settings.checkpoint_every == 0) and not last:
             metrics = evaluate(metrics)
             _checkpoint(engine, state, metrics, rank, local)

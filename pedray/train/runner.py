@@ -114,7 +114,13 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     run = ray.train.RunConfig(
         name=run_name, storage_path=storage, storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or None)
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or None,
+        # The console gets the stage's own progress lines; Train's INFO lines (every report, checkpoint and
+        # worker-group step) stay in its log files under the Ray session's logs/train/.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        # Train patches `print` in its workers to log each line *and* echo it: every progress line, and
+        # every library's print (DeepSpeed's op builds), reached the console twice.
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
     config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream),
               "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
