@@ -66,6 +66,7 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
         degeneration = overall["degeneration"]
         rows[stage] = {"looping": round(degeneration["looping"], 4), "rep4": round(degeneration["rep4_char"], 4),
                        "repeated_item": round(degeneration.get("repeated_item", 0.0), 4),
+                       "same_answer": round(degeneration.get("same_answer", 0.0), 4),
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
                        "right_condition": degeneration["condition_correct"]}
     return rows

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pedray.eval.degeneration import (answer_stats, condition_correct, conditions_named, expected_condition, loops,
+from pedray.eval.degeneration import (same_answer, answer_stats, condition_correct, conditions_named, expected_condition, loops,
                                       mean_stats, rep, repeats_item)
 from pedray.eval.report import markdown
 from pedray.eval.score import headline, samples, score_rows
@@ -73,6 +73,14 @@ def test_means_count_known_conditions_only():
     assert means["condition_correct"] == pytest.approx(0.5) and means["condition_questions"] == 2
     assert means["truncated"] == pytest.approx(0.25) and means["looping"] == pytest.approx(0.25)
     assert means["repeated_item"] == 0.0
+
+
+def test_same_answer_counts_answers_given_to_other_questions_too():
+    answers = ["多喝水。", "多喝水。 ", "观察呼吸。", "多喝水。", "补液。"]
+    questions = ["发烧怎么办", "咳嗽怎么办", "气喘怎么办", "发烧怎么办", "腹泻怎么办"]
+    # 多喝水 answers two different questions (3 answers); the repeat of one question alone would not count
+    assert same_answer(answers, questions) == pytest.approx(3 / 5)
+    assert same_answer(["a", "a"], ["q", "q"]) == 0.0 and same_answer([], []) == 0.0
 
 
 def _row(index: int, task: str, prediction: str, reference: str, stopped: bool = True) -> dict:

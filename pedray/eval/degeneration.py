@@ -107,6 +107,16 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     return stats
 
 
+def same_answer(predictions: list[str], questions: list[str]) -> float:
+    """Share of answers given, word for word, to another question as well: a model that ignores the
+    question writes the same answer to many of them (an empty answer counts too)."""
+    asked: dict[str, set[str]] = {}
+    for prediction, question in zip(predictions, questions):
+        asked.setdefault(prediction.strip(), set()).add(question)
+    shared = sum(1 for prediction in predictions if len(asked[prediction.strip()]) > 1)
+    return shared / max(len(predictions), 1)
+
+
 def mean_stats(per_answer: list[dict[str, Any]]) -> dict[str, Any]:
     """Averages over answers: rep-n, looping/repeated-item/truncated shares, length ratio; condition correctness over the
     answers whose condition is known (`condition_questions` says how many)."""

@@ -39,7 +39,8 @@ def _degeneration_rows(entry: dict[str, Any]) -> list[list[Any]]:
         d = scores["degeneration"]
         right = "-" if d["condition_correct"] is None else f"{100 * d['condition_correct']:.0f}% of {d['condition_questions']}"
         rows.append([name] + [f"{d[key]:.3f}" for key, _ in DEGENERATION]
-                    + [f"{100 * d['looping']:.0f}%", f"{100 * d['repeated_item']:.0f}%", f"{100 * d['truncated']:.0f}%",
+                    + [f"{100 * d['looping']:.0f}%", f"{100 * d['repeated_item']:.0f}%",
+                       f"{100 * d.get('same_answer', 0.0):.0f}%", f"{100 * d['truncated']:.0f}%",
                        f"{d['length_ratio']:.2f}", right])
     return rows
 
@@ -80,11 +81,12 @@ def markdown(report: dict[str, Any]) -> str:
             lines += _table(["part"] + [_NAMES[m] for m in METRICS] + ["samples", "empty"], _text_rows(entry))
             lines += ["", "Degeneration: rep-n = 1 - distinct n-grams / n-grams (characters, then jieba words); "
                       "looping = some character 4-gram 3+ times; item twice = a list item said twice; "
+                      "same answer = word for word the answer to another question too; "
                       "truncated = no end of turn within the budget; "
                       "length = answer / reference characters; right condition = names the question's condition "
                       "and no other.", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
-                            + ["looping", "item twice", "truncated", "length", "right condition"],
+                            + ["looping", "item twice", "same answer", "truncated", "length", "right condition"],
                             _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))

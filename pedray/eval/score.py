@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable
 
-from pedray.eval.degeneration import answer_stats, mean_stats
+from pedray.eval.degeneration import answer_stats, mean_stats, same_answer
 from pedray.eval.answers import extract_choices, extract_judgement
 from pedray.eval.metrics import corpus_scores
 
@@ -49,6 +49,7 @@ def annotate(row: Row) -> Row:
 def _text(rows: list[Row], rouge: str = "paper") -> dict[str, Any]:
     scores = corpus_scores([r["prediction"] for r in rows], [r["reference"] for r in rows], rouge)
     scores["degeneration"] = mean_stats([annotate(r)["degeneration"] for r in rows])
+    scores["degeneration"]["same_answer"] = same_answer([r["prediction"] for r in rows], [r["messages"] for r in rows])
     return scores
 
 
@@ -90,6 +91,7 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
             degeneration = overall["degeneration"]
             out[f"{name} looping %"] = 100 * degeneration["looping"]
             out[f"{name} item twice %"] = 100 * degeneration["repeated_item"]
+            out[f"{name} same answer %"] = 100 * degeneration.get("same_answer", 0.0)
             out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
             if degeneration["condition_correct"] is not None:
                 out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]

@@ -49,8 +49,10 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
     marker = storage.join(out, "_complete")
     if storage.read_text(marker) is not None:
         return out
-    scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy", concurrency=1,
-                                 num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
+    import ray
+
+    scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy",
+                                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
                                                                      "trust_remote_code": trust_remote_code})
     path, filesystem = storage.arrow(out)
     scored.write_parquet(path, filesystem=filesystem)
