@@ -34,6 +34,8 @@ def test_recipe_inherits_from_base_and_overrides_apply():
     ("stages.sft.max_steps=many", ["stages.sft.max_steps", "int"]),
     ("stages.ppo.max_steps=1", ["ppo", "cpt"]),
     ("data.pack=yes please", ["data.pack", "bool"]),
+    ("stages.cpt.mu=5", ["stages.cpt.mu", "not used by cpt", "only dfpo"]),
+    ("stages.mouse.beta=0.5", ["stages.mouse.beta", "only dfpo"]),
 ])
 def test_wrong_override_names_key_and_allowed(override, words):
     with pytest.raises(ConfigError) as err:

@@ -156,7 +156,25 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         raw = merge(raw, extra)
         source += " (with overrides)"
+    _check_stage_keys(raw, source)
     return build(Recipe, raw, source)
+
+
+def _check_stage_keys(raw: dict[str, Any], source: str) -> None:
+    """A stage setting given for a stage that does not use it fails like any other wrong key (its default
+    value passes: a whole recipe written back, as `to_dict` does, carries every field)."""
+    from pedray.config.schema import STAGE_ONLY_KEYS, StageConfig
+
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        return
+    defaults = StageConfig()
+    for stage, settings in stages.items():
+        for key, value in (settings or {}).items() if isinstance(settings, dict) else ():
+            users = STAGE_ONLY_KEYS.get(key)
+            if users and stage not in users and value != getattr(defaults, key):
+                raise ConfigError(f"{source}: 'stages.{stage}.{key}' is not used by {stage}; "
+                                  f"only {', '.join(users)} takes '{key}'")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

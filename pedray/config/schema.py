@@ -193,6 +193,11 @@ class StageConfig:
         _check(self.unlikelihood >= 0, "unlikelihood must be non-negative")
 
 
+# Stage settings only some stages use: setting one on another stage is a mistake (`stages.cpt.mu=5`
+# would be ignored in silence), so the loader rejects it.
+STAGE_ONLY_KEYS: dict[str, tuple[str, ...]] = {"beta": ("dfpo",), "mu": ("dfpo",)}
+
+
 def _default_stages() -> dict[str, StageConfig]:
     return {name: StageConfig() for name in STAGES}
 

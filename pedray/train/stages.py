@@ -131,7 +131,7 @@ def gather_routing(model: torch.nn.Module) -> None:
     model.stats.reduce()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
     """How one stage differs: its data, its model preparation, its loss, its export."""
 
@@ -147,9 +147,11 @@ class StageSpec:
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "cpt": StageSpec("cpt", "cpt", full_model, lm_loss, False, export_full),
-    "sft": StageSpec("sft", "sft", full_model, lm_loss, False, export_full),
-    "dfpo": StageSpec("dfpo", "dfpo", full_model, preference_loss, True, export_full, needs_reference=True),
-    "mouse": StageSpec("mouse", "sft", with_experts, mouse_loss, False, export_experts, gather=gather_routing,
+    "cpt": StageSpec(name="cpt", data="cpt", prepare=full_model, loss=lm_loss, pairs=False, export=export_full),
+    "sft": StageSpec(name="sft", data="sft", prepare=full_model, loss=lm_loss, pairs=False, export=export_full),
+    "dfpo": StageSpec(name="dfpo", data="dfpo", prepare=full_model, loss=preference_loss, pairs=True,
+                      export=export_full, needs_reference=True),
+    "mouse": StageSpec(name="mouse", data="sft", prepare=with_experts, loss=mouse_loss, pairs=False,
+                       export=export_experts, gather=gather_routing,
                        version=2),  # 2: MoUSE experts (1 was a plain PEFT LoRA)
 }
