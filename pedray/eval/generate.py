@@ -20,12 +20,11 @@ import torch
 def load_for_eval(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, routes_by_task) for a plain HF model folder or a MoUSE adapter folder."""
     from pedray.model.build import load_model, load_tokenizer
-    from pedray.model.mouse_io import CONFIG_FILE, load_mouse, read_config
-
+    from pedray.model.mouse_io import is_adapter, load_mouse, read_config
     from pedray.storage import local_copy
 
     model_dir = local_copy(model_dir)
-    if (model_dir / CONFIG_FILE).is_file():
+    if is_adapter(model_dir):
         base = read_config(model_dir).get("base_model")
         model = load_mouse(model_dir, dtype=dtype)
         return model, load_tokenizer(base), True

@@ -49,6 +49,11 @@ def save_mouse(model: MouseModel, out: str | Path, state: dict[str, torch.Tensor
     return out
 
 
+def is_adapter(folder: str | Path) -> bool:
+    """Whether a local folder holds a MoUSE adapter (else it is a plain model folder)."""
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
 def read_config(folder: str | Path) -> dict:
     """The adapter's JSON config; a clear error when the folder holds no MoUSE adapter."""
     from pedray.storage import local_copy

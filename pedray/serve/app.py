@@ -280,20 +280,25 @@ class Router:
         yield "data: [DONE]\n\n"
 
 
+# The expert that serves a token-gated MoUSE adapter whole (its routing cannot be merged into plain
+# weights, so no vLLM): every route goes to it.
+WHOLE_ADAPTER = "mouse"
+
+
 def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], dict[str, str], str]:
     """(expert name -> model folder, route -> expert name, tokenizer folder) for a model folder.
 
     A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes); for
     an adapter at a URI the merged models are uploaded beside it, so that replicas on any node read them.
     """
-    from pedray.model.mouse_io import ADAPTER_FILE, CONFIG_FILE, load_mouse, merge_tasks, read_config
+    from pedray.model.mouse_io import ADAPTER_FILE, is_adapter, load_mouse, merge_tasks, read_config
     location, model_dir = str(model_dir), storage.local_copy(model_dir)  # replicas are handed the location itself
-    if not (model_dir / CONFIG_FILE).is_file():
+    if not is_adapter(model_dir):
         return {"model": location}, dict.fromkeys(TASKS, "model"), location
     config = read_config(model_dir)
     base = str(config["base_model"])
     if config["lora"].get("gating") != "task":
-        return {"mouse": location}, dict.fromkeys(TASKS, "mouse"), base
+        return {WHOLE_ADAPTER: location}, dict.fromkeys(TASKS, WHOLE_ADAPTER), base
     digest = hashlib.sha256((model_dir / ADAPTER_FILE).read_bytes()).hexdigest()[:12]
     folder = cache / f"merged-{digest}"
     if not all((folder / task / "config.json").is_file() for task in config["tasks"]):
@@ -344,7 +349,7 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
     handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
                                     max_ongoing_requests=4 * cfg.max_batch_size, **scaling)
                .bind(path, name, cfg.max_batch_size, threads, cfg.stream_interval_s,
-                     None if name == "mouse" else vllm)  # a token-routed adapter has no vLLM implementation
+                     None if name == WHOLE_ADAPTER else vllm)  # vLLM serves plain models only
                for name, path in experts.items()}
     import dataclasses
 
