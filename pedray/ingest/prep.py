@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,20 +45,19 @@ def prep(inputs: Iterable[str | Path], out: str | Path, task: str | None = None,
     summary: dict[str, Any] = {"read": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(),
                                "kept_by_task": Counter(), "kept_by_source": Counter(), "kept_by_kind": Counter(),
                                "files": {}, "skipped": []}
-    per_file: dict[str, dict[str, Any]] = {}
+    per_file: dict[str, dict[str, Any]] = defaultdict(lambda: {"kept": 0, "rejected": 0, "reasons": Counter()})
 
     def count(source: str, outcome: str, reason: str | None = None) -> None:
-        entry = per_file.setdefault(source, {"kept": 0, "rejected": 0, "reasons": Counter()})
-        entry[outcome] += 1
+        per_file[source][outcome] += 1
         if reason:
-            entry["reasons"][_reason_kind(reason)] += 1
+            per_file[source]["reasons"][_reason_kind(reason)] += 1
 
     try:
         with (out / "rejects.jsonl").open("w", encoding="utf-8") as rejects:
             for given in inputs:
-                if Path(given).is_file():  # listed even when it yields nothing at all
-                    per_file.setdefault(str(given), {"kept": 0, "rejected": 0, "reasons": Counter()})
-                for source, where, record, reason in read_path(given, task, **({"layout": layout} if layout else {})):
+                if Path(given).is_file():
+                    per_file[str(given)]  # listed even when it yields nothing at all
+                for source, where, record, reason in read_path(given, task, layout=layout):
                     if isinstance(reason, Skipped):
                         summary["skipped"].append({"file": source, "entry": where, "reason": str(reason)})
                         continue
@@ -117,25 +116,11 @@ def inspect(path: str | Path, task: str | None = None, layout: dict[str, str] | 
     from itertools import islice
 
     from pedray.ingest import layout as by_meaning
-    from pedray.ingest.readers import json_objects, sheet_rows
+    from pedray.ingest.readers import columns_of
 
     path = Path(path)
-    columns: list[str] = []
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        import csv
-        import io
-
-        from pedray.ingest.readers import decode
-
-        text = decode(path.read_bytes(), path)
-        columns = next(csv.reader(io.StringIO(text), dialect="excel-tab" if suffix == ".tsv" else "excel"), [])
-    elif suffix == ".xlsx":
-        columns = next((header for _, header, _ in sheet_rows(path)), [])
-    elif suffix in (".json", ".jsonl") and path.name != "dataset_info.json":
-        first = next((obj for _, _, obj, reason in json_objects(path) if reason is None), None)
-        columns = list(first) if isinstance(first, dict) else []
-    items = list(islice(read_path(path, task, **({"layout": layout} if layout else {})), rows))
+    columns = columns_of(path)
+    items = list(islice(read_path(path, task, layout=layout), rows))
     return {"file": str(path), "columns": columns,
             "roles": by_meaning.describe(by_meaning.resolve(columns, layout)) if columns else "-",
             "first": [{"where": where, "reason": reason} if record is None else

@@ -129,7 +129,8 @@ def table_layout(path: Path, header: list[str], layout: dict[str, str] | None) -
     return found
 
 
-def read_csv(path: Path, task: str | None = None, layout: dict[str, str] | None = None, **_: Any) -> Iterator[Item]:
+def csv_table(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    """(header, the remaining rows) of a CSV or TSV file in its detected encoding."""
     text = decode(path.read_bytes(), path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one long consultation must not end the file
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
@@ -137,6 +138,11 @@ def read_csv(path: Path, task: str | None = None, layout: dict[str, str] | None 
     header = [h.strip() for h in next(rows, [])]
     if not any(header):
         raise InputError(f"{path}: empty CSV (expected a header row)")
+    return header, rows
+
+
+def read_csv(path: Path, task: str | None = None, layout: dict[str, str] | None = None, **_: Any) -> Iterator[Item]:
+    header, rows = csv_table(path)
     found = table_layout(path, header, layout)
     number = 1
     while True:
@@ -160,8 +166,8 @@ def read_csv(path: Path, task: str | None = None, layout: dict[str, str] | None 
 PEDIABENCH_COLUMNS = ("questions", "answers")
 
 
-def sheet_rows(path: Path) -> Iterator[tuple[int, list[str], tuple]]:
-    """(row number, header, values) of the first sheet of an xlsx workbook."""
+def sheet(path: Path) -> tuple[list[str], Iterator[tuple[int, tuple]]]:
+    """(header, (row number, values) of the rows below it) of the first sheet of an xlsx workbook."""
     from openpyxl import load_workbook
 
     try:
@@ -170,31 +176,43 @@ def sheet_rows(path: Path) -> Iterator[tuple[int, list[str], tuple]]:
         raise InputError(f"{path}: cannot open as an xlsx workbook ({type(err).__name__}: {err})") from None
     rows = workbook.active.iter_rows(values_only=True)
     header = [str(h).strip() if h is not None else "" for h in next(rows, ())]
-    for number, values in enumerate(rows, 2):
-        yield number, header, values
+    return header, enumerate(rows, 2)
 
 
 def pediabench_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, {column: value}) of a PediaBench-layout xlsx sheet; the header row is checked first."""
-    for number, header, values in sheet_rows(path):
-        if any(column not in header for column in PEDIABENCH_COLUMNS):
-            raise InputError(f"{path}: expected PediaBench columns 'questions' and 'answers' (optional 'options', "
-                             f"'explanations', 'Disease Groups'), found {header}")
+    header, rows = sheet(path)
+    if any(column not in header for column in PEDIABENCH_COLUMNS):
+        raise InputError(f"{path}: expected PediaBench columns 'questions' and 'answers' (optional 'options', "
+                         f"'explanations', 'Disease Groups'), found {header}")
+    for number, values in rows:
         yield number, dict(zip(header, values))
 
 
 def read_xlsx(path: Path, task: str | None = None, layout: dict[str, str] | None = None, **_: Any) -> Iterator[Item]:
     """A spreadsheet, columns by meaning; PediaBench case sheets default to `evidiag`, its others to `medkqa`."""
-    found = None
-    for number, header, values in sheet_rows(path):
-        if found is None:
-            found = table_layout(path, header, layout)
-            if task is None and all(c in header for c in PEDIABENCH_COLUMNS):
-                task = "evidiag" if "case" in path.stem else "medkqa"
+    header, rows = sheet(path)
+    found = table_layout(path, header, layout)
+    if task is None and all(c in header for c in PEDIABENCH_COLUMNS):
+        task = "evidiag" if "case" in path.stem else "medkqa"
+    for number, values in rows:
         if all(v is None or str(v).strip() == "" for v in values):
             continue
         yield convert(by_meaning.canonical(dict(zip(header, values)), found), f"row {number}", path.name,
                       f"{path.stem}-{number}", task)
+
+
+def columns_of(path: Path) -> list[str]:
+    """The column names a file's records are read by: a table's header, the first JSON object's keys."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return csv_table(path)[0]
+    if suffix == ".xlsx":
+        return sheet(path)[0]
+    if suffix in (".json", ".jsonl") and path.name != "dataset_info.json":
+        first = next((obj for _, _, obj, reason in json_objects(path) if reason is None), None)
+        return [str(key) for key in first] if isinstance(first, dict) else []
+    return []
 
 
 def read_path(path: str | Path, task: str | None = None, **layout: Any) -> Iterator[FileItem]:
