@@ -17,14 +17,18 @@ _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_c
 
 
 class KnownNoise(logging.Filter):
-    """Drops console lines that report what pedray chose, not a problem: Ray Data warns once per process
-    that progress bars are off, and pedray turns them off (a bar per dataset and worker garbles the
-    console; the training loop prints its own progress)."""
+    """Drops log lines that report no problem, each for its reason:
+    - Ray Data warns once per process that progress bars are off, and pedray turns them off (a bar per
+      dataset and worker garbles the console; the training loop prints its own progress);
+    - DeepSpeed's scheduler asks itself for a learning rate while it is being built and warns that it
+      has not started (its first step sets the rate)."""
 
-    PREFIXES = ("Progress bars disabled", "Progress bars for operators disabled")
+    FRAGMENTS = ("Progress bars disabled", "Progress bars for operators disabled",
+                 "learning rate from scheduler before it has started")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.PREFIXES)
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.FRAGMENTS)
 
 
 def quiet_workers() -> None:

@@ -240,10 +240,7 @@ class Router:
     def other_v1(self, request: Request, rest: str) -> JSONResponse:
         """Any other /v1 path (or a known one with the wrong method): the key first, then 404 or 405."""
         self._auth(request)
-        known = {"models", "routes", "chat/completions"}
-        status = 405 if rest in known else 404
-        return _error(APIError(status, f"{'method ' + request.method + ' not allowed on' if status == 405 else 'no such path:'} "
-                               f"/v1/{rest}", kind="not_found_error" if status == 404 else "invalid_request_error"))
+        raise HTTPException(405 if rest in {"models", "routes", "chat/completions"} else 404)  # see _http_error
 
     async def _pieces(self, expert: str, job: dict[str, Any], attempts: int = 3) -> AsyncGenerator[tuple, None]:
         """The expert's (delta, finish reason) items. A replica that dies mid-request is replaced: the request

@@ -191,15 +191,6 @@ def train_loop(config: dict[str, Any]) -> None:
         _train(config)
 
 
-class _KnownNoise:
-    """A logging filter for DeepSpeed's scheduler, which asks itself for a learning rate while it is being
-    built and warns that it has not started (its first step sets the rate; nothing is wrong)."""
-
-    @staticmethod
-    def filter(record) -> bool:
-        return "before it has started" not in record.getMessage()
-
-
 def _quiet_known_noise() -> None:
     """What a worker would print that is not a problem, configured away here so that it holds on any
     cluster (each for the reason given); real warnings stay."""
@@ -213,7 +204,9 @@ def _quiet_known_noise() -> None:
     spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
     if spec is not None and spec.origin:
         logging.getLogger(spec.origin).setLevel(logging.WARNING)
-    logging.getLogger("DeepSpeed").addFilter(_KnownNoise())
+    from pedray.cluster import KnownNoise
+
+    logging.getLogger("DeepSpeed").addFilter(KnownNoise())
     # DeepSpeed's ZeRO calls a torch.distributed function torch has deprecated: theirs to change.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
 
