@@ -19,29 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("cpt", "sft", "dfpo", "mouse")
+from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray, offline)
+from pedray.vocab import STAGES  # noqa: E402
+
 TARGETS = {"looping": 0.05, "rep4": 0.03, "minutes_avx2_fp32": 15.0}
-
-
-def cpu_kind() -> dict[str, str]:
-    import torch
-
-    flags = ""
-    try:
-        flags = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        pass
-    kind = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "flags": ",".join(kind),
-            "cores": str(os.cpu_count()), "machine": platform.machine()}
 
 
 def run_demo(config: str, seed: int, out: Path, extra: list[str], stages: str | None = None) -> tuple[float, int, str]:
@@ -68,7 +55,8 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
                        "repeated_item": round(degeneration.get("repeated_item", 0.0), 4),
                        "same_answer": round(degeneration.get("same_answer", 0.0), 4),
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
-                       "right_condition": degeneration["condition_correct"]}
+                       "right_condition": degeneration["condition_correct"],
+                       "wrong_step": degeneration.get("wrong_step")}
     return rows
 
 

@@ -6,6 +6,7 @@ from collections import Counter
 from pedray.corpus.generate import instructions, pretraining_text, preferences, write_corpus
 from pedray.corpus.knowledge import LIST_FIELDS, load_knowledge
 from pedray.data.columns import record_problem
+from pedray.eval.degeneration import loops
 from pedray.vocab import TASKS
 
 REQUIRED = ["hfmd", "kawasaki", "febrile_seizure", "croup", "bronchiolitis", "rotavirus_enteritis", "roseola",
@@ -39,6 +40,17 @@ def test_instructions_are_many_varied_valid_and_cover_every_task():
     assert len(set(prompts)) > 0.6 * len(prompts)
     dialogues = [r for r in records if r["task"] == "dialogue"]
     assert all(len(r["messages"]) >= 4 for r in dialogues)
+
+
+def test_no_target_answer_loops_by_the_evaluation_rule():
+    """The evaluation counts an answer as looping when a character 4-gram occurs three times; a corpus
+    whose own answers did that (a long condition name said in the name, an exam and a step) taught the model
+    to repeat, and the model's correct answers about those conditions were counted as loops."""
+    for seed in (0, 1):
+        answers = [m["content"] for r in instructions(seed, 3000) for m in r["messages"] if m["role"] == "assistant"]
+        answers += [p["chosen"] for p in preferences(seed, 600)]
+        looping = [a for a in answers if loops(a)]
+        assert not looping, looping[:3]
 
 
 def test_preference_pairs_differ_in_what_matters_not_in_length():

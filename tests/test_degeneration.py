@@ -107,3 +107,33 @@ def test_scores_headline_report_and_samples_show_degeneration():
     text = markdown(report)
     assert "looping" in text and "33%" in text and "## Sample answers" in text and "LOOPING, TRUNCATED" in text
     assert "> 发热、发热、发热、发热、发热" in text and "> 初步诊断：猩红热。" in text
+
+
+def test_wrong_steps_are_items_of_conditions_the_reference_does_not_point_to():
+    from pedray.eval.items import step_items, wrong_steps
+
+    milk = "1. 母乳喂养的妈妈回避奶制品 2. 配方奶喂养改用深度水解或氨基酸配方 居家护理：阅读食品标签。"
+    # the two slips read in the demo's answers: an intussusception test for milk allergy, and a gastroenteritis
+    # line ("不需要抗生素") for a urinary tract infection
+    assert wrong_steps(milk + "必要时空气灌肠。", milk) == ["必要时空气灌肠"]
+    uti = "根据年龄和病情口服或静脉使用抗生素；疗程通常七到十四天；多喝水勤排尿。"
+    assert wrong_steps("疗程通常七到十四天；不需要抗生素。", uti) == ["不需要抗生素"]
+    # the reference's own items, an item another condition shares with it, and short generic entries pass
+    assert wrong_steps(milk, milk) == [] and wrong_steps("按时复查；尿常规。", uti) == []
+    # a condition the question names allows its items (a comparison question)
+    assert wrong_steps("早期首选空气灌肠复位。", milk, question="牛奶蛋白过敏和肠套叠怎么区分？") == []
+    # nothing to judge by: a reference without any step item
+    assert wrong_steps("必要时空气灌肠。", "孩子多大了？") is None
+    # longest first: the longer entry is one item, not also the shorter one inside it
+    assert step_items("早期首选空气灌肠复位") == ["早期首选空气灌肠复位"]
+
+
+def test_wrong_step_share_in_the_means_and_the_headline():
+    milk = "母乳喂养的妈妈回避奶制品；阅读食品标签。"
+    per = [answer_stats("必要时空气灌肠。", milk, True), answer_stats(milk, milk, True),
+           answer_stats("多喝水。", "多喝水，多休息。", True)]
+    assert [s["wrong_step"] for s in per] == [True, False, None]
+    means = mean_stats(per)
+    assert means["wrong_step"] == pytest.approx(0.5) and means["step_questions"] == 2
+    top = headline(score_rows([_row(1, "trerecom", "必要时空气灌肠。", milk), _row(2, "trerecom", milk, milk)]))
+    assert top["heldout wrong step %"] == pytest.approx(50)

@@ -6,16 +6,18 @@ rep-n = 1 - distinct n-grams / all n-grams of one answer (0 for an answer with n
 times in it; it *repeats an item* when a list item (what stands between 、；：。, line breaks or numbers) is
 said twice, a milder failure that looping does not count. Shares and rep-n are fractions (0..1); `length_ratio` is answer characters over reference
 characters. On our own corpus the condition behind a question is known: `condition_correct` is the share
-of answers that name that condition and no other, over the questions whose reference names it.
+of answers that name that condition and no other, over the questions whose reference names it, and
+`wrong_step` the share with a test or treatment item of another condition (`pedray.eval.items`), over
+the questions whose reference has such items.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from functools import lru_cache
 from typing import Any, Sequence
 
+from pedray.eval.items import conditions_named, wrong_steps
 from pedray.eval.metrics import distinct, segment
 
 REP_NS = (2, 3, 4)
@@ -45,24 +47,6 @@ def repeats_item(text: str) -> bool:
     """Whether some list item of two or more characters occurs twice ("1. 体重不增 2. 体重不增")."""
     items = Counter(part.strip(" 。，,") for part in _ITEM_BOUNDARY.split(text))
     return any(count >= 2 and len(item) >= 2 for item, count in items.items())
-
-
-@lru_cache(maxsize=1)
-def _condition_pattern() -> tuple[re.Pattern, dict[str, str]]:
-    """One alternation of every condition name in our knowledge base, longest first (so that a name is
-    not also counted as a shorter one inside it)."""
-    from pedray.corpus.knowledge import load_knowledge
-
-    conditions, _ = load_knowledge()
-    names = {c.name: c.id for c in conditions}
-    ordered = sorted(names, key=len, reverse=True)
-    return re.compile("|".join(re.escape(n) for n in ordered)), names
-
-
-def conditions_named(text: str) -> set[str]:
-    """Ids of the knowledge-base conditions a text names."""
-    pattern, names = _condition_pattern()
-    return {names[found.group()] for found in pattern.finditer(text)}
 
 
 _DIAGNOSIS = re.compile(r"初步诊断：([^。\n]+)|要考虑(.+?)的可能")
@@ -104,6 +88,8 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     stats["truncated"] = not stopped
     stats["length_ratio"] = len(chars) / max(len(characters(reference)), 1)
     stats["condition_correct"] = condition_correct(prediction, reference, question)
+    wrong = wrong_steps(prediction, reference, question)
+    stats["wrong_step"] = None if wrong is None else bool(wrong)
     return stats
 
 
@@ -127,4 +113,7 @@ def mean_stats(per_answer: list[dict[str, Any]]) -> dict[str, Any]:
     known = [s["condition_correct"] for s in per_answer if s["condition_correct"] is not None]
     out["condition_correct"] = sum(known) / len(known) if known else None
     out["condition_questions"] = len(known)
+    judged = [s["wrong_step"] for s in per_answer if s.get("wrong_step") is not None]
+    out["wrong_step"] = sum(judged) / len(judged) if judged else None
+    out["step_questions"] = len(judged)
     return out

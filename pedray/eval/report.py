@@ -7,6 +7,7 @@ from typing import Any
 
 from pedray.eval.metrics import METRICS
 from pedray.markdown import table
+from pedray.plots import saved_figure
 
 _NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "gleu": "GLEU",
           "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "distinct1": "Distinct-1",
@@ -38,10 +39,11 @@ def _degeneration_rows(entry: dict[str, Any]) -> list[list[Any]]:
     for name, scores in parts.items():
         d = scores["degeneration"]
         right = "-" if d["condition_correct"] is None else f"{100 * d['condition_correct']:.0f}% of {d['condition_questions']}"
+        wrong = "-" if d.get("wrong_step") is None else f"{100 * d['wrong_step']:.0f}% of {d['step_questions']}"
         rows.append([name] + [f"{d[key]:.3f}" for key, _ in DEGENERATION]
                     + [f"{100 * d['looping']:.0f}%", f"{100 * d['repeated_item']:.0f}%",
                        f"{100 * d.get('same_answer', 0.0):.0f}%", f"{100 * d['truncated']:.0f}%",
-                       f"{d['length_ratio']:.2f}", right])
+                       f"{d['length_ratio']:.2f}", right, wrong])
     return rows
 
 
@@ -84,9 +86,11 @@ def markdown(report: dict[str, Any]) -> str:
                       "same answer = word for word the answer to another question too; "
                       "truncated = no end of turn within the budget; "
                       "length = answer / reference characters; right condition = names the question's condition "
-                      "and no other.", ""]
+                      "and no other; wrong step = has a test or treatment item of a condition that neither the "
+                      "question nor the reference points to.", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
-                            + ["looping", "item twice", "same answer", "truncated", "length", "right condition"],
+                            + ["looping", "item twice", "same answer", "truncated", "length", "right condition",
+                               "wrong step"],
                             _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))
@@ -97,27 +101,19 @@ def markdown(report: dict[str, Any]) -> str:
 
 def bar_chart(groups: dict[str, dict[str, float]], out: Path, title: str) -> Path:
     """Grouped bars: one group per metric, one bar per series (a model or a stage)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = list(groups)
     metrics = list(dict.fromkeys(m for values in groups.values() for m in values))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) * max(len(series), 1) * 0.6), 4))
-    for index, name in enumerate(series):
-        xs = [i + index * width for i in range(len(metrics))]
-        ax.bar(xs, [groups[name].get(m, 0.0) for m in metrics], width, label=name)
-    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(metrics))])
-    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("score (x100)")
-    ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    with saved_figure(out, dpi=110, figsize=(max(6.0, 1.2 * len(metrics) * max(len(series), 1) * 0.6), 4)) as (_, ax):
+        for index, name in enumerate(series):
+            xs = [i + index * width for i in range(len(metrics))]
+            ax.bar(xs, [groups[name].get(m, 0.0) for m in metrics], width, label=name)
+        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(metrics))])
+        ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("score (x100)")
+        ax.set_title(title)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     return out
 
 

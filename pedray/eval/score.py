@@ -95,6 +95,8 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
             if degeneration["condition_correct"] is not None:
                 out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]
+            if degeneration.get("wrong_step") is not None:
+                out[f"{name} wrong step %"] = 100 * degeneration["wrong_step"]
         else:
             out[f"{name} accuracy"] = overall["accuracy"]
     return out
