@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
 from pedray.config import ConfigError
+from pedray.vocab import STAGES
+
+# Each verb imports what it needs inside its function: `pedray corpus` or `pedray triage` must not pay for
+# torch, transformers, Ray and DeepSpeed (seconds each) that only training, evaluation and serving use.
 
 
 def _print(obj) -> None:
@@ -157,11 +163,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                         if v is not None]
     recipe = load_recipe(args.config, overrides)
     model = args.model or default_model(recipe)
-    print(f"serving {model} at http://{recipe.serve.host}:{recipe.serve.port}/v1 (OpenAI chat API); Ctrl-C stops",
-          flush=True)
+    url = f"http://{recipe.serve.host}:{recipe.serve.port}/v1"
+    print(f"starting: {model} (until it is ready, {url} answers 503)", flush=True)
+    stop = threading.Event()
+
+    def on_ctrl_c(signum, frame) -> None:
+        # Remembered as well as raised: a Ctrl-C that lands inside Ray's wait for the app can be lost
+        # there (the start then returns as if nothing happened, and the server would run on).
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        start(model, recipe, blocking=True)
+        start(model, recipe)
+        if not stop.is_set():
+            print(f"serving {model} at {url} (OpenAI chat API); Ctrl-C stops", flush=True)
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:  # Ctrl-C is how a user stops a server: a clean stop, not a traceback
+        pass
+    finally:
         import ray
 
         print("pedray serve: stopping", file=sys.stderr, flush=True)
@@ -232,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_prep)
 
     data = verbs.add_parser("data", help="run a stage's Ray Data pipeline and show what comes out")
-    data.add_argument("--stage", choices=["cpt", "sft", "dfpo"], default="sft")
+    data.add_argument("--stage", choices=STAGES, default="sft")
     data.add_argument("--rows", type=int, default=1, help="sample rows to decode")
     _add_recipe(data)
     data.set_defaults(func=cmd_data)

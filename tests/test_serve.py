@@ -125,6 +125,37 @@ def test_bad_input_is_a_4xx_with_an_openai_error_body_never_a_5xx(served):
     assert httpx.get(f"{served}/ready", timeout=30).json() == {"status": "ready"}
 
 
+def test_while_an_expert_cannot_start_the_router_answers_503_at_once(served, tiny_model_dir, small_corpus, tmp_path):
+    """An expert replica that cannot start (it asks for more CPUs than there are: a replica waiting for
+    its node, or still loading its model): /health answers, /ready says "starting", and a chat request
+    gets 503 with Retry-After at once instead of waiting in Serve's queue for a replica."""
+    from ray import serve
+
+    from pedray.serve.app import build_app
+
+    recipe = load_recipe(None, [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=64"])
+    serve._run(build_app(tiny_model_dir, recipe.serve, [small_corpus], tmp_path), name="waiting",
+               route_prefix="/waiting", _blocking=False)  # serve.run would wait for the expert forever
+    base = f"{served}/waiting"
+    try:
+        wait_for(lambda: _status(f"{base}/health") == 200, 120, "the waiting app's router")
+        ready = httpx.get(f"{base}/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json() == {"status": "starting"} and ready.headers["retry-after"]
+        chat = httpx.post(f"{base}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=30)
+        assert chat.status_code == 503 and chat.headers["retry-after"], chat.text
+        assert chat.json()["error"]["code"] == "starting"
+        assert httpx.get(f"{served}/ready", timeout=30).json() == {"status": "ready"}  # other apps are theirs
+    finally:
+        serve.delete("waiting")
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.TransportError:
+        return None
+
+
 def test_concurrent_requests_are_batched_and_answer_as_alone(served):
     client = _client(served)
     questions = [[{"role": "user", "content": q}] for q in ("孩子咳嗽", "宝宝腹泻三天", "发烧39度", "孩子不吃饭")]

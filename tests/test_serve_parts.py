@@ -139,6 +139,12 @@ def test_engine_admits_requests_into_a_running_batch(tiny_model_dir):
     assert order.index(2) < order.index(0)  # the short late request did not wait for the long early one
     assert not done[3].is_set() and texts[3] == alone[3][: len(texts[3])]
     assert max(engine.batch_sizes) >= 2 and engine.batch_sizes.get(1, 0) >= 1
+    thread = engine._thread
+    closing = engine.submit(GenRequest(prompts[0], max_tokens=200), emit(3))
+    engine.close()  # the Engine protocol's close: the scheduler thread ends, a request still decoding ends "error"
+    assert not thread.is_alive() and engine._thread is None
+    assert closing.done and closing.finish_reason == "error"
+    engine.close()  # twice is fine
 
 
 def test_rows_joining_a_batch_get_the_logits_they_get_alone(tiny_model_dir):

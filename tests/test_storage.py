@@ -73,7 +73,7 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
     from pedray.config.schema import EvalConfig
     from pedray.eval.run import evaluate, read_report
     from pedray.eval.sets import heldout_items
-    from pedray.serve.app import expert_layout
+    from pedray.serve.layout import expert_layout
     from pedray.serve.run import default_model
     from pedray.train.chain import train_all
     from pedray.workspace import corpus_dirs
@@ -112,7 +112,8 @@ def test_a_whole_run_lives_in_s3_and_no_worker_reads_the_drivers_disk(ray_local,
     assert storage.read_text(storage.join(out, "answers.jsonl")).count("\n") == 2
 
     # Serving merges the task-gated adapter once per task and puts the merged models beside it in the bucket.
-    experts, routes, tokenizer = expert_layout(adapter, tmp_path / "serve-cache")
+    layout = expert_layout(adapter, tmp_path / "serve-cache")
+    experts, routes, tokenizer = layout.experts, layout.routes, layout.tokenizer
     assert set(routes.values()) == set(experts) and tokenizer.startswith("s3://pedray-run/tiny/")
     for location in experts.values():
         assert location.startswith("s3://pedray-run/tiny/mouse/merged-")

@@ -271,6 +271,10 @@ class ServeConfig:
     """How long the load must stay below target before a replica is removed (Serve's default)."""
     autoscale_window_s: float = 30.0
     """The period over which in-flight requests are averaged for those decisions (look_back_period_s)."""
+    health_check_period_s: float = 2.0
+    """How often Serve checks that each replica is alive. A SIGKILLed replica is noticed only at its next
+    check (Serve's default period is 10 s: up to 10 s of a stalled stream before a new replica even
+    starts; README "Serving: a replica that dies"). The check is an empty actor call."""
     proxy_location: Literal["HeadOnly", "EveryNode"] = "HeadOnly"
     """Where Serve runs HTTP proxies: one address on the head, or every node (behind a load balancer)."""
     frequency_penalty: float = 0.0

@@ -9,9 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pedray.vocab import TASKS
-
-ROLES = ("system", "user", "assistant")
+from pedray.serve.request import GenRequest
+from pedray.vocab import ROLES, TASKS
 
 
 class APIError(Exception):
@@ -27,19 +26,13 @@ class APIError(Exception):
 
 
 @dataclass
-class ChatRequest:
-    messages: list[dict[str, str]]
+class ChatRequest(GenRequest):
+    """A chat request as the client sent it: the sampling settings of a GenRequest (before the router
+    renders and tokenizes the messages into `prompt_ids`), the messages, and how to answer."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)
     model: str = ""
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
     stream: bool = False
-    task: str | None = None
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
 
 
 PENALTY_FIELDS = ("frequency_penalty", "presence_penalty", "repetition_penalty")

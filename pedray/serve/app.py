@@ -9,10 +9,10 @@ every route. Each expert deployment has its own replicas and autoscaling.
 # No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations at runtime
 # (a string `Request` inside a Serve ingress class turns into a required query parameter).
 import asyncio
-import hashlib
 import json
 import secrets
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
@@ -26,6 +26,8 @@ from pedray import storage
 from pedray.config.schema import ServeConfig
 from pedray.serve import safety
 from pedray.serve.api import PENALTY_FIELDS, APIError, check_json_type, chunk, completion, parse_chat
+from pedray.serve.layout import expert_layout, vllm_python
+from pedray.serve.request import Engine, GenRequest
 from pedray.vocab import TASKS
 
 
@@ -58,8 +60,12 @@ class Expert:
 
     def __init__(self, model_dir: str, name: str, max_batch_size: int, threads: int,
                  stream_interval_s: float = 0.2, vllm: dict[str, Any] | None = None) -> None:
+        import time
+
+        started = time.monotonic()
         bind_replica_to_node_ip()
         self.name, self.interval = name, stream_interval_s
+        self.engine: Engine
         if vllm:
             from pedray.serve.vllm_engine import VLLMEngine
 
@@ -69,8 +75,9 @@ class Expert:
             from pedray.serve.engine import HFEngine
 
             self.engine = HFEngine(model_dir, threads, max_batch_size)
+        self.load_seconds = round(time.monotonic() - started, 3)  # what a replacement replica spends here
 
-    async def generate(self, request: dict[str, Any]) -> AsyncGenerator[tuple[str, str | None], None]:
+    async def generate(self, request: GenRequest) -> AsyncGenerator[tuple[str, str | None], None]:
         """(text delta, finish reason or None) items for one request.
 
         The first text goes out at once; after that, text is sent at most every `stream_interval_s`:
@@ -94,22 +101,23 @@ class Expert:
     def __del__(self) -> None:
         """Serve calls this when it stops the replica gracefully: vLLM's processes go with it (Ray would
         SIGKILL the API server alone, orphaning the engine core that holds the KV cache)."""
-        close = getattr(getattr(self, "engine", None), "close", None)
-        if close is not None:
-            close()
+        engine = getattr(self, "engine", None)  # absent when the constructor failed
+        if engine is not None:
+            engine.close()
 
     def whoami(self) -> dict[str, Any]:
         """This replica's expert name, process id and engine statistics (for operators, and tests)."""
         import os
 
-        return {"expert": self.name, "pid": os.getpid(), **self.engine.stats()}
+        return {"expert": self.name, "pid": os.getpid(), "load_seconds": self.load_seconds, **self.engine.stats()}
 
 
 app = FastAPI(title="pedray", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 def _error(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    headers = {"Retry-After": "5"} if err.status == 503 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 @app.exception_handler(HTTPException)
@@ -137,6 +145,14 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(APIError(500, f"internal error ({type(exc).__name__})", kind="server_error"))
 
 
+def _load_tokenizer(folder: str) -> tuple[Any, int]:
+    """The router's tokenizer and the model's context length."""
+    from pedray.model.build import check_model_dir, load_tokenizer
+
+    config = json.loads((check_model_dir(folder) / "config.json").read_text())
+    return load_tokenizer(folder), int(config.get("max_position_embeddings", 2048))
+
+
 @serve.deployment
 @serve.ingress(app)
 class Router:
@@ -144,15 +160,18 @@ class Router:
 
     def __init__(self, experts: dict[str, Any], routes: dict[str, str], tokenizer_dir: str, classifier: Any,
                  cfg: dict[str, Any]) -> None:
-        from pedray.model.build import check_model_dir, load_tokenizer
+        """Returns at once: Serve's proxy holds every request (/health too) until the ingress's constructor
+        has returned, so the tokenizer (transformers' import, seconds on a busy machine while the experts
+        load) is loaded on a thread, and until the app is ready the router answers 503 (`_check_started`)."""
+        from concurrent.futures import ThreadPoolExecutor
 
         bind_replica_to_node_ip()
         self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
-        self.ready_handles = experts
+        self.expert_names = sorted(experts)
         self.routes, self.cfg = routes, ServeConfig(**cfg)
-        self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.context = int(json.loads((check_model_dir(tokenizer_dir) / "config.json").read_text())
-                           .get("max_position_embeddings", 2048))
+        self.app_name = serve.get_replica_context().app_name
+        self.loading = ThreadPoolExecutor(1, thread_name_prefix="pedray-tokenizer").submit(_load_tokenizer, tokenizer_dir)
+        self.started = False  # the app has been ready once; from then on requests queue as Serve queues them
         self.classifier = classifier  # a TaskClassifier, shipped whole: the router may run on any node
         self.counts = {task: 0 for task in TASKS}
         self.retries = 0
@@ -174,14 +193,39 @@ class Router:
         """Open without a key, so it says nothing but that the router answers."""
         return {"status": "ok"}
 
+    def check_health(self) -> None:
+        """Serve's periodic check: a tokenizer that failed to load fails the replica, which Serve replaces
+        and reports (a constructor that raised would have done the same)."""
+        if self.loading.done() and self.loading.exception() is not None:
+            raise RuntimeError(f"the router's tokenizer did not load: {self.loading.exception()!r}")
+
+    async def _is_ready(self) -> bool:
+        """Whether the tokenizer is loaded and Serve counts the whole app (every expert's replicas) as
+        running: one question to the controller, answered at once, never a wait on an expert."""
+        if not self.loading.done():
+            return False
+        status = await asyncio.to_thread(serve.status)
+        application = status.applications.get(self.app_name)
+        return application is not None and application.status == "RUNNING"
+
+    async def _check_started(self) -> None:
+        """Until the app has been ready once, a chat request gets 503 and Retry-After at once, instead of
+        waiting in a queue for experts that are still loading their models."""
+        if not self.started:
+            if not await self._is_ready():
+                raise APIError(503, "pedray is starting: the models are still loading, retry in a few seconds",
+                               kind="service_unavailable_error", code="starting")
+            self.started = True
+
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
-        """Open without a key: whether every expert answers, and nothing more (the experts are on /v1/routes)."""
-        try:
-            await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.ready_handles.values())), 10)
-        except Exception:  # an expert that cannot answer makes the app not ready
-            return JSONResponse({"status": "not ready"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """Open without a key: whether the app is ready, and nothing more (the experts are on /v1/routes);
+        answered at once ("starting" before the app has been ready, "not ready" while a replica is replaced)."""
+        if await self._is_ready():
+            self.started = True
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready" if self.started else "starting"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.get("/v1/models")
     def models(self, request: Request) -> JSONResponse:
@@ -193,8 +237,7 @@ class Router:
     def route_counts(self, request: Request) -> dict[str, Any]:
         """Requests per route seen by this router replica, and the expert each route goes to."""
         self._auth(request)
-        return {"counts": self.counts, "routes": self.routes, "retries": self.retries,
-                "experts": sorted(self.ready_handles)}
+        return {"counts": self.counts, "routes": self.routes, "retries": self.retries, "experts": self.expert_names}
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -203,14 +246,16 @@ class Router:
             check_json_type(request.headers.get("content-type"))
             chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens,
                               {name: getattr(self.cfg, name) for name in PENALTY_FIELDS})
-            prompt = self.tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if len(prompt_ids) + chat.max_tokens > self.context:
+            await self._check_started()
+            tokenizer, context = self.loading.result()
+            prompt = tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(prompt_ids) + chat.max_tokens > context:
                 raise APIError(400, f"prompt of {len(prompt_ids)} tokens plus max_tokens {chat.max_tokens} exceeds "
-                               f"the model's context of {self.context} tokens", code="context_length_exceeded",
+                               f"the model's context of {context} tokens", code="context_length_exceeded",
                                param="messages")
         except APIError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+            return _error(err)
         route = chat.task or self.classifier.predict(chat.messages[-1]["content"])
         expert = self.routes[route]
         self.counts[route] += 1
@@ -218,12 +263,10 @@ class Router:
         urgent, flags = safety.info(chat.messages)  # the whole conversation, not only the last turn
         info = {"route": route, "expert": expert, **flags}
         headers = {"X-Pedray-Route": route, "X-Pedray-Expert": expert}
-        job = {"prompt_ids": prompt_ids, "max_tokens": chat.max_tokens, "temperature": chat.temperature,
-               "top_p": chat.top_p, "stop": chat.stop, "task": route, "seed": chat.seed,
-               **{name: getattr(chat, name) for name in PENALTY_FIELDS}}
-        if job["temperature"] > 0 and job["seed"] is None:  # a retry must be able to repeat the same text
-            job["seed"] = secrets.randbelow(2**31)
-        pieces = self._pieces(expert, job)
+        seed = chat.seed
+        if chat.temperature > 0 and seed is None:  # a retry must be able to repeat the same text
+            seed = secrets.randbelow(2**31)
+        pieces = self._pieces(expert, chat.generation(prompt_ids=prompt_ids, task=route, seed=seed))
         model = chat.model or self.cfg.model_name
         if chat.stream:
             return StreamingResponse(self._sse(pieces, model, info, safety.preface(urgent)),
@@ -233,7 +276,7 @@ class Router:
             answer.append(delta)
             finish = reason or finish
         text = safety.wrap("".join(answer), urgent)
-        used = len(self.tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
+        used = len(tokenizer("".join(answer), add_special_tokens=False)["input_ids"])
         return JSONResponse(completion(model, text, finish, len(prompt_ids), used, info), headers=headers)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
@@ -242,7 +285,7 @@ class Router:
         self._auth(request)
         raise HTTPException(405 if rest in {"models", "routes", "chat/completions"} else 404)  # see _http_error
 
-    async def _pieces(self, expert: str, job: dict[str, Any], attempts: int = 3) -> AsyncGenerator[tuple, None]:
+    async def _pieces(self, expert: str, job: GenRequest, attempts: int = 3) -> AsyncGenerator[tuple, None]:
         """The expert's (delta, finish reason) items. A replica that dies mid-request is replaced: the request
         runs again on another replica and the text already passed on is skipped (decoding is greedy or
         seeded, so it repeats itself)."""
@@ -277,59 +320,12 @@ class Router:
         yield "data: [DONE]\n\n"
 
 
-# The expert that serves a token-gated MoUSE adapter whole (its routing cannot be merged into plain
-# weights, so no vLLM): every route goes to it.
-WHOLE_ADAPTER = "mouse"
-
-
-def expert_layout(model_dir: str | Path, cache: Path) -> tuple[dict[str, str], dict[str, str], str]:
-    """(expert name -> model folder, route -> expert name, tokenizer folder) for a model folder.
-
-    A task-gated MoUSE adapter is merged once per task into `cache` (keyed by the adapter's bytes); for
-    an adapter at a URI the merged models are uploaded beside it, so that replicas on any node read them.
-    """
-    from pedray.model.mouse_io import ADAPTER_FILE, is_adapter, load_mouse, merge_tasks, read_config
-    location, model_dir = str(model_dir), storage.local_copy(model_dir)  # replicas are handed the location itself
-    if not is_adapter(model_dir):
-        return {"model": location}, dict.fromkeys(TASKS, "model"), location
-    config = read_config(model_dir)
-    base = str(config["base_model"])
-    if config["lora"].get("gating") != "task":
-        return {WHOLE_ADAPTER: location}, dict.fromkeys(TASKS, WHOLE_ADAPTER), base
-    digest = hashlib.sha256((model_dir / ADAPTER_FILE).read_bytes()).hexdigest()[:12]
-    folder = cache / f"merged-{digest}"
-    if not all((folder / task / "config.json").is_file() for task in config["tasks"]):
-        from pedray.model.build import load_tokenizer
-
-        merge_tasks(load_mouse(model_dir), folder, load_tokenizer(base))
-    place: str | Path = folder
-    if storage.is_uri(location):
-        place = storage.publish(folder, str(storage.sibling(location, f"merged-{digest}")))
-    experts = {task: str(storage.join(place, task)) for task in config["tasks"]}
-    return experts, {task: task for task in TASKS if task in experts}, base
-
-
-def vllm_python(cfg: ServeConfig) -> str:
-    """The python that runs `vllm serve`: `serve.vllm_python`, else this one if it has vLLM."""
-    import importlib.util
-    import sys
-
-    if cfg.vllm_python:
-        if not Path(cfg.vllm_python).is_file():
-            raise FileNotFoundError(f"serve.vllm_python: no such file {cfg.vllm_python}")
-        return cfg.vllm_python
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    raise FileNotFoundError("serve.engine=vllm needs vLLM: `python -m pedray vllm-env` makes an environment for "
-                            "it on a CPU machine and prints its python; pass it as serve.vllm_python=PATH")
-
-
 def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], cache: Path):
     """The Serve application for a model folder: its experts, the task classifier, the router."""
     from pedray.serve.classify import TaskClassifier, corpus_examples
 
     cache.mkdir(parents=True, exist_ok=True)
-    experts, routes, tokenizer_dir = expert_layout(model_dir, cache)
+    layout = expert_layout(model_dir, cache)
     classifier = TaskClassifier.fit(corpus_examples(corpus_dirs))
     scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas or 1}
     if cfg.max_replicas > max(cfg.min_replicas, 1):
@@ -340,17 +336,16 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
                                           "look_back_period_s": cfg.autoscale_window_s}}
     threads = max(1, int(cfg.expert_cpus))
     vllm = None
-    if cfg.engine == "vllm":
+    if cfg.engine == "vllm" and layout.plain:  # an adapter served whole stays on the hf engine
         vllm = {"python": vllm_python(cfg), "kv_cache_gib": cfg.vllm_kv_cache_gib,
                 "stream_tokens": cfg.vllm_stream_tokens}
     handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
-                                    max_ongoing_requests=4 * cfg.max_batch_size, **scaling)
-               .bind(path, name, cfg.max_batch_size, threads, cfg.stream_interval_s,
-                     None if name == WHOLE_ADAPTER else vllm)  # vLLM serves plain models only
-               for name, path in experts.items()}
-    import dataclasses
-
+                                    max_ongoing_requests=4 * cfg.max_batch_size,
+                                    health_check_period_s=cfg.health_check_period_s, **scaling)
+               .bind(path, name, cfg.max_batch_size, threads, cfg.stream_interval_s, vllm)
+               for name, path in layout.experts.items()}
     # Serve's default of 5 in-flight requests per replica would queue a busy router's streams in front
     # of experts that batch far more; the router only validates and relays.
-    return Router.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024).bind(
-        handles, routes, tokenizer_dir, classifier, dataclasses.asdict(cfg))
+    return Router.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
+                          health_check_period_s=cfg.health_check_period_s).bind(
+        handles, layout.routes, layout.tokenizer, classifier, asdict(cfg))

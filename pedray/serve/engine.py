@@ -23,29 +23,12 @@ import functools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class GenRequest:
-    prompt_ids: list[int]
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    task: str | None = None
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-
-    @property
-    def penalized(self) -> bool:
-        return bool(self.frequency_penalty or self.presence_penalty or self.repetition_penalty != 1.0)
+from pedray.serve.request import GenRequest
 
 
 def penalize(logits: torch.Tensor, request: GenRequest, answer: list[int]) -> torch.Tensor:
@@ -259,9 +242,8 @@ class HFEngine:
         self.model, self.tokenizer, self.by_task = load_for_eval(model_dir)
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id
-        self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_batch_size = max_batch_size
-        self.waiting: queue.Queue[_Row] = queue.Queue()
+        self.waiting: queue.Queue[_Row | None] = queue.Queue()  # None: close
         self.seconds = {"model": 0.0, "host": 0.0}  # in the model's forward; in sampling, text and hand-off
         self.batch_sizes: dict[int, int] = {}  # rows decoded together -> steps with that many
         self._thread: threading.Thread | None = None
@@ -311,13 +293,13 @@ class HFEngine:
         self.waiting.put(row)
         return row
 
-    async def generate(self, request: dict) -> AsyncIterator[tuple[str, str | None]]:
-        """(text, finish reason or None) pieces of one request (`GenRequest` fields), decoded in the
+    async def generate(self, request: GenRequest) -> AsyncIterator[tuple[str, str | None]]:
+        """(text, finish reason or None) pieces of one request, decoded in the
         running batch; pieces that pile up while the caller is busy come as one. A caller that goes away
         cancels the request."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
-        row = self.submit(GenRequest(**request),
+        row = self.submit(request,
                           lambda text, reason: loop.call_soon_threadsafe(items.put_nowait, (text, reason)))
         reason = None
         try:
@@ -331,6 +313,13 @@ class HFEngine:
                 yield text, reason
         finally:
             row.cancelled = True  # no effect once it has finished; otherwise the engine drops it
+
+    def close(self) -> None:
+        """Stop the scheduler thread once the running batch has been dropped (its rows end with "error")."""
+        if self._thread is not None:
+            self.waiting.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
 
     def stats(self) -> dict:
         sizes, steps = self.batch_sizes, sum(self.batch_sizes.values())
@@ -348,6 +337,11 @@ class HFEngine:
                     joining.append(self.waiting.get_nowait())
                 except queue.Empty:
                     break
+            if None in joining:  # close()
+                for row in batch.rows + [row for row in joining if row is not None]:
+                    row.done, row.finish_reason = True, "error"
+                    row.emit("[engine closed]", "error")
+                return
             joining = [row for row in joining if not row.cancelled]
             try:
                 started = time.perf_counter()

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from pedray import storage
 from pedray.config.schema import Recipe
+from pedray.vocab import STAGES
 
 
 def default_model(recipe: Recipe) -> str | Path:
-    """The last completed stage's model of the recipe's run (mouse, else dfpo, sft, cpt)."""
+    """The last completed stage's model of the recipe's run (the chain's order from its end)."""
     from pedray.train.runner import read_manifest
 
-    for stage in ("mouse", "dfpo", "sft", "cpt"):
+    for stage in reversed(STAGES):
         manifest = read_manifest(storage.join(recipe.output_dir, stage))
         if manifest and manifest.get("status") == "complete":
             return storage.as_location(manifest["paths"]["model"])

@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator
 import httpx
 
 from pedray.net import free_port
+from pedray.serve.request import GenRequest
 
 NAME = "pedray"
 PR_SET_PDEATHSIG = 1
@@ -35,8 +36,7 @@ class VLLMEngine:
     """One `vllm serve` process for one model folder, started and stopped with this object."""
 
     def __init__(self, model_dir: str | Path, python: str, threads: int, max_batch_size: int,
-                 kv_cache_gib: int = 1, stream_tokens: int = 1, context: int | None = None,
-                 startup_timeout_s: float = 900.0) -> None:
+                 kv_cache_gib: int = 1, stream_tokens: int = 1, startup_timeout_s: float = 900.0) -> None:
         self.stream_tokens = stream_tokens
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -48,8 +48,6 @@ class VLLMEngine:
         command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                    "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(self.port),
                    "--max-num-seqs", str(max_batch_size), "--dtype", "float32"]
-        if context:
-            command += ["--max-model-len", str(context)]
         self.process = self._spawn(command, env)
         self._wait(startup_timeout_s)
         self.client = httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(600.0, connect=10.0),
@@ -99,14 +97,13 @@ class VLLMEngine:
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
 
-    async def generate(self, request: dict[str, Any]) -> AsyncIterator[tuple[str, str | None]]:
-        """(text, finish reason or None) pieces of one request (`GenRequest` fields)."""
-        body = {"model": NAME, "prompt": request["prompt_ids"], "max_tokens": request.get("max_tokens", 256),
-                "temperature": request.get("temperature", 0.0), "top_p": request.get("top_p", 1.0),
-                "stop": request.get("stop") or None, "seed": request.get("seed"), "stream": True,
-                "frequency_penalty": request.get("frequency_penalty", 0.0),
-                "presence_penalty": request.get("presence_penalty", 0.0),
-                "repetition_penalty": request.get("repetition_penalty", 1.0)}  # vLLM's extra sampling field
+    async def generate(self, request: GenRequest) -> AsyncIterator[tuple[str, str | None]]:
+        """(text, finish reason or None) pieces of one request."""
+        body = {"model": NAME, "prompt": request.prompt_ids, "max_tokens": request.max_tokens,
+                "temperature": request.temperature, "top_p": request.top_p, "stop": request.stop or None,
+                "seed": request.seed, "stream": True, "frequency_penalty": request.frequency_penalty,
+                "presence_penalty": request.presence_penalty,
+                "repetition_penalty": request.repetition_penalty}  # vLLM's extra sampling field
         if self.stream_tokens > 1:  # vLLM sends the first token at once, then every `stream_tokens` tokens
             body["stream_interval"] = self.stream_tokens
         async with self.client.stream("POST", "/v1/completions", json=body) as response:

