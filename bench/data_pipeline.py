@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 
 def ray_round(corpus: Path, model: Path, cfg) -> dict:

@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(key, "1")
+import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pediabench" / "essay_short_answer.xlsx"
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 
 def main() -> None:

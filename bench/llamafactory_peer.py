@@ -37,26 +37,16 @@ def __getattr__(name):
 
 def ensure_env(root: Path) -> Path:
     """The python of LLaMA-Factory's environment under `root`, created when missing."""
-    venv = root / f"llamafactory-{VERSION}"
-    python = venv / "bin" / "python"
-    ready = venv / ".pedray-ready"
-    if ready.is_file():
-        return python
-    print(f"[bench] creating LLaMA-Factory {VERSION}'s environment in {venv} (once; a few minutes)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + [TORCH], check=True)
-    subprocess.run(pip + [f"llamafactory=={VERSION}", TORCH], check=True)
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio"], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "torchaudio").mkdir(exist_ok=True)
-    (Path(site) / "torchaudio" / "__init__.py").write_text(PLACEHOLDER)
-    versions = subprocess.run([str(python), "-c", "import llamafactory, transformers, torch; "
-                               "print(llamafactory.__version__, transformers.__version__, torch.__version__)"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-    ready.write_text(versions)
-    return python
+    from pedray.cache import side_env
+
+    def placeholder(site: Path) -> None:
+        (site / "torchaudio").mkdir(exist_ok=True)
+        (site / "torchaudio" / "__init__.py").write_text(PLACEHOLDER)
+
+    return side_env(root / f"llamafactory-{VERSION}", [[TORCH], [f"llamafactory=={VERSION}", TORCH]],
+                    ["torchvision", "torchaudio"], "import llamafactory, transformers, torch; "
+                    "print(llamafactory.__version__, transformers.__version__, torch.__version__)",
+                    f"LLaMA-Factory {VERSION}", patch=placeholder)
 
 
 def run(python: Path, spec: dict, work: Path) -> dict:

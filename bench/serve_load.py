@@ -24,14 +24,10 @@ import os
 import random
 import signal
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(key, "1")
+import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import httpx  # noqa: E402
 

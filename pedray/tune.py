@@ -19,7 +19,9 @@ import yaml
 from pedray import storage
 from pedray.config.loader import ConfigError, load_recipe, merge, parse_overrides, to_dict
 from pedray.config.schema import Recipe
-from pedray.vocab import STAGES
+from pedray.plots import saved_figure
+from pedray.train.chain import upstream_for
+from pedray.train.runner import run_stage
 
 BEST_FILE = "best.yaml"
 DATA_CPUS = 1.0  # left free for each trial's Ray Data pipeline
@@ -61,25 +63,10 @@ def concurrency(recipe: Recipe, cpus: float) -> int:
     return max(1, math.floor(cpus / per_trial))
 
 
-def upstream_of(recipe: Recipe, stage: str) -> str | Path:
-    """The model the chain would hand `stage`: the previous stage's export when trained, else the base model."""
-    from pedray.train.runner import read_manifest
-    from pedray.workspace import base_model_dir
-
-    for previous in reversed(STAGES[:STAGES.index(stage)]):
-        manifest = read_manifest(storage.join(recipe.output_dir, previous))
-        if manifest and manifest.get("status") == "complete" and recipe.stage(previous).enabled:
-            return storage.as_location(manifest["paths"]["model"])
-    return base_model_dir(recipe)
-
-
 def _run_trial(config: dict[str, Any]) -> None:
     """One Tune trial: a full stage run whose held-out evaluations are reported to Tune."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from pedray.train.runner import run_stage
-
     import ray
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     setup = config["setup"]
@@ -105,7 +92,7 @@ def sweep(recipe: Recipe, upstream: str | Path | None = None) -> dict[str, Any]:
     grid = trial_overrides(recipe)
     for overrides in grid:  # every grid point must make a valid recipe before anything starts
         trial_recipe(base, overrides, stage, settings.eval_every, root)
-    upstream = _absolute(upstream or upstream_of(recipe, stage))
+    upstream = _absolute(upstream or upstream_for(recipe, stage)[0])
     setup = {"recipe": base, "stage": stage, "eval_every": settings.eval_every, "root": str(root),
              "upstream": str(upstream)}
     space = {key: tune.grid_search(values) for key, values in settings.space.items()}
@@ -176,22 +163,14 @@ def results_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], metric: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        if row["curve"]:
-            axis.plot(*zip(*row["curve"]), marker="o", markersize=3, label=row["trial"])
-    axis.set_xlabel("step")
-    axis.set_ylabel(metric)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    with saved_figure(out, figsize=(6, 4)) as (_, axis):
+        for row in rows:
+            if row["curve"]:
+                axis.plot(*zip(*row["curve"]), marker="o", markersize=3, label=row["trial"])
+        axis.set_xlabel("step")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
     return out
 
 

@@ -73,13 +73,13 @@ def base_model_dir(recipe: Recipe) -> str | Path:
     return storage.publish(folder, storage.join(recipe.output_dir, "base", folder.name))
 
 
-def stage_dataset(recipe: Recipe, stage: str, tokenizer_path: str | Path, split: str = "train"):
-    """The Ray Dataset a stage trains on: cpt text, sft/mouse conversations, dfpo pairs."""
+def stage_dataset(recipe: Recipe, data: str, tokenizer_path: str | Path, split: str = "train"):
+    """The Ray Dataset of one kind of stage data (a StageSpec's `data`): cpt text, sft conversations
+    (which mouse trains on too), dfpo pairs."""
     from pedray.data import pipeline
 
     dirs = corpus_locations(recipe)
-    builders = {"cpt": pipeline.cpt_dataset, "sft": pipeline.sft_dataset, "mouse": pipeline.sft_dataset,
-                "dfpo": pipeline.pref_dataset}
-    if stage not in builders:
-        raise ValueError(f"unknown stage {stage!r}; allowed: {sorted(builders)}")
-    return builders[stage](dirs, str(tokenizer_path), recipe.data, split=split)
+    builders = {"cpt": pipeline.cpt_dataset, "sft": pipeline.sft_dataset, "dfpo": pipeline.pref_dataset}
+    if data not in builders:
+        raise ValueError(f"unknown stage data {data!r}; allowed: {sorted(builders)}")
+    return builders[data](dirs, str(tokenizer_path), recipe.data, split=split)

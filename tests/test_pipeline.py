@@ -82,3 +82,15 @@ def test_stream_mode_is_deterministic_and_differs_from_file_order(ray_local, sma
     assert "RandomShuffle" in _operators(sft_dataset([small_corpus], str(tiny_model_dir), CFG))
     preference = _collect(pref_dataset([small_corpus], str(tiny_model_dir), cfg))
     assert sum(len(b["chosen_input_ids"]) for b in preference) > 0
+
+
+def test_pedray_data_previews_as_many_rows_as_asked_for_pairs_too(ray_local, small_corpus, tiny_model_dir):
+    """`pedray data --rows N` over more than one batch of 64 (dfpo raised IndexError at 65)."""
+    from pedray.data.preview import inspect_stage
+
+    overrides = [f"data.corpus_dir={small_corpus}", f"model.path={tiny_model_dir}", "data.seq_len=256", "data.max_prompt_len=128"]
+    pairs = inspect_stage(None, overrides, "dfpo", rows=65)
+    assert len(pairs["samples"]) == 65 and pairs["rows"] >= 65
+    assert all(sample["chosen"]["learned"] and sample["rejected"] for sample in pairs["samples"])
+    rows = inspect_stage(None, overrides, "sft", rows=70)
+    assert len(rows["samples"]) == 70 and 0 < rows["non_padding_fraction"] <= 1

@@ -19,30 +19,31 @@ def inspect_stage(config: str | None, overrides: list[str], stage: str, rows: in
     from pedray.cluster import ensure_ray
     from pedray.config import load_recipe
     from pedray.model.build import load_tokenizer
+    from pedray.train.stages import STAGE_SPECS  # the command's one question to the stage registry
     from pedray.workspace import base_model_dir, stage_dataset
 
     recipe = load_recipe(config, overrides)
     ensure_ray()
     model_dir = base_model_dir(recipe)
     tokenizer = load_tokenizer(model_dir)
-    dataset = stage_dataset(recipe, stage, model_dir)
+    dataset = stage_dataset(recipe, STAGE_SPECS[stage].data, model_dir)
     report: dict[str, Any] = {"stage": stage, "model": str(model_dir), "rows": 0, "samples": []}
     real = total = 0
     for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"):
-        if stage == "dfpo":
-            report["rows"] += len(batch["chosen_input_ids"])
-            real += sum(len(x) for x in batch["chosen_input_ids"]) + sum(len(x) for x in batch["rejected_input_ids"])
-            while len(report["samples"]) < rows:
-                i = len(report["samples"])
-                report["samples"].append({"chosen": describe_row(tokenizer, batch["chosen_input_ids"][i], batch["chosen_labels"][i]),
+        pairs = "chosen_input_ids" in batch  # preference rows (dfpo): a chosen and a rejected answer
+        ids = batch["chosen_input_ids"] if pairs else batch["input_ids"]
+        report["rows"] += len(ids)
+        if pairs:
+            real += sum(len(x) for x in ids) + sum(len(x) for x in batch["rejected_input_ids"])
+        else:
+            real += int(batch["tokens"].sum())
+            total += ids.size
+        for i in range(min(rows - len(report["samples"]), len(ids))):  # the first `rows` rows, over batches
+            if pairs:
+                report["samples"].append({"chosen": describe_row(tokenizer, ids[i], batch["chosen_labels"][i]),
                                           "rejected": tokenizer.decode(batch["rejected_input_ids"][i][-40:].tolist())})
-            continue
-        report["rows"] += len(batch["input_ids"])
-        real += int(batch["tokens"].sum())
-        total += batch["input_ids"].size
-        while len(report["samples"]) < min(rows, len(batch["input_ids"])):
-            i = len(report["samples"])
-            report["samples"].append(describe_row(tokenizer, batch["input_ids"][i], batch["labels"][i]))
+            else:
+                report["samples"].append(describe_row(tokenizer, ids[i], batch["labels"][i]))
     report["tokens"] = real
     if total:
         report["non_padding_fraction"] = round(real / total, 4)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from pedray.plots import saved_figure
+
 
 class RoutingStats:
     """Running sums of the gates a model produced, by layer and by the task label of each token."""
@@ -69,14 +71,15 @@ class RoutingStats:
 
 def heatmap(summary: dict, tasks: list[int], out: Path) -> Path:
     """Draw the mean gate weight per layer (rows) and expert (columns), one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = summary["layers"]
     height = max(3.0, 0.18 * len(layers) + 1.5)
-    figure, axes = plt.subplots(1, len(tasks), figsize=(2.2 * len(tasks) + 2.5, height), squeeze=False)
+    with saved_figure(out, dpi=110, tight=False, nrows=1, ncols=len(tasks),
+                      figsize=(2.2 * len(tasks) + 2.5, height), squeeze=False) as (figure, axes):
+        _draw_heatmap(figure, axes, summary, tasks, layers)
+    return out
+
+
+def _draw_heatmap(figure, axes, summary: dict, tasks: list[int], layers: list) -> None:
     for axis, task in zip(axes[0], tasks):
         grid = [layer[task] for layer in summary["mean_gate"]]
         image = axis.imshow(grid, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
@@ -86,6 +89,3 @@ def heatmap(summary: dict, tasks: list[int], out: Path) -> Path:
         axis.set_yticks(range(len(layers)), layers if axis is axes[0][0] else [""] * len(layers), fontsize=5)
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mean gate weight")
     figure.suptitle("MoUSE routing: mean gate per layer and specific expert", fontsize=9)
-    figure.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return out

@@ -9,6 +9,7 @@ from pedray import storage
 from pedray.config.schema import Recipe
 from pedray.markdown import table
 from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
+from pedray.train.stages import STAGE_SPECS
 from pedray.vocab import STAGES
 
 
@@ -29,19 +30,15 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
     unknown = sorted(set(stages or []) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; allowed: {list(STAGES)}")
-    upstream = base_model_dir(recipe)
-    upstream_info: dict[str, Any] = {"stage": "base", "path": str(upstream), "fingerprint": f"base:{upstream}"}
+    base = base_model_dir(recipe)
     manifests: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         if stages and stage not in stages:
-            # Not asked for: a completed earlier run of it still hands its model to the next stage.
-            manifest = read_manifest(storage.join(recipe.output_dir, stage))
-            if manifest and manifest.get("status") == "complete":
-                upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
-            continue
+            continue  # not asked for: a completed earlier run of it still hands its model on (upstream_for)
         if not recipe.stage(stage).enabled:
             print(f"[{stage}] disabled in the recipe", flush=True)
             continue
+        upstream, upstream_info = upstream_for(recipe, stage, base)
         stage_dir = storage.join(recipe.output_dir, stage)
         fingerprint = stage_fingerprint(recipe, stage, upstream_info["fingerprint"])
         manifest = read_manifest(stage_dir)
@@ -55,17 +52,28 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
         manifests[stage] = manifest
         if after_stage:
             after_stage(stage, manifest)
-        upstream, upstream_info = _hand_on(stage, manifest, upstream, upstream_info)
     return manifests
 
 
-def _hand_on(stage: str, manifest: dict[str, Any], upstream: str | Path,
-             info: dict[str, Any]) -> tuple[str | Path, dict[str, Any]]:
-    """The model (and its identity) the next stage starts from after `stage` completed."""
-    if stage == "mouse":  # mouse exports adapters over its upstream; nothing trains after it
-        return upstream, info
-    path = storage.as_location(manifest["paths"]["model"])
-    return path, {"stage": stage, "path": str(path), "fingerprint": manifest["fingerprint"]}
+def upstream_for(recipe: Recipe, stage: str, base: str | Path | None = None) -> tuple[str | Path, dict[str, Any]]:
+    """The model `stage` starts from, and its identity (its fingerprint goes into the stage's): the export
+    of the last enabled, completed stage before it that hands a model on (a stage that exports an adapter
+    does not), else the base model (`base`, default `base_model_dir(recipe)`). The chain, `pedray tune`
+    and nothing else decide this."""
+    if base is None:
+        from pedray.workspace import base_model_dir
+
+        base = base_model_dir(recipe)
+    upstream: str | Path = base
+    info: dict[str, Any] = {"stage": "base", "path": str(base), "fingerprint": f"base:{base}"}
+    for previous in STAGES[:STAGES.index(stage)]:
+        if not recipe.stage(previous).enabled or STAGE_SPECS[previous].exports_adapter:
+            continue
+        manifest = read_manifest(storage.join(recipe.output_dir, previous))
+        if manifest and manifest.get("status") == "complete":
+            upstream = storage.as_location(manifest["paths"]["model"])
+            info = {"stage": previous, "path": str(upstream), "fingerprint": manifest["fingerprint"]}
+    return upstream, info
 
 
 def summary_table(manifests: dict[str, dict[str, Any]]) -> str:

@@ -166,11 +166,6 @@ class Engine:
         return self.engine.module
 
     @property
-    def steps(self) -> int:
-        """Optimizer steps taken so far."""
-        return int(self.engine.global_steps)
-
-    @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 

@@ -1,4 +1,5 @@
-"""The one Ray Train worker loop every stage runs: load, prepare, resume, step, log, checkpoint, export."""
+"""The one Ray Train worker loop every stage runs (`StageLoop`): load, prepare, resume, step, log,
+evaluate, checkpoint, export. What differs between stages is the stage's `StageSpec`."""
 
 from __future__ import annotations
 
@@ -7,17 +8,51 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import ray.train
 import torch
+import torch.distributed as dist
 
-from pedray.config.loader import build
+from pedray.cluster import KnownNoise
 from pedray.config.schema import Recipe
+from pedray.model.build import load_model, load_tokenizer
+from pedray.train.engine import Engine, deepspeed_config, process_group, zero3_loading
+from pedray.train.stages import STAGE_SPECS, StageSpec, collate_packed, collate_pairs
 
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint keeps of the loop (its `state.json`) besides the model and optimizer."""
+
+    step: int = 0
+    """Optimizer steps taken."""
+    consumed: int = 0
+    """Micro-batches drawn from the stream (skipped on resume)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The metrics of every logged step."""
+    eval: list[dict[str, Any]] = field(default_factory=list)
+    """Held-out losses: {"step", "loss"} before the first step, at each checkpoint and at the end."""
+    resumed_from: int | None = None
+    """The step this run resumed from (None for a fresh start)."""
+    done: bool = False
+    """Written only into the final checkpoint: a run restored from it has nothing left to train."""
+
+    @classmethod
+    def restore(cls, checkpoint) -> tuple["LoopState", Path | None]:
+        """The state of the latest checkpoint and a local copy of it (a fresh state and None without one)."""
+        if checkpoint is None:
+            return cls(), None
+        folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pedray-restore-")))
+        saved = json.loads((folder / STATE_FILE).read_text())
+        known = {name: saved[name] for name in cls.__dataclass_fields__ if name in saved}
+        return cls(**dict(known, resumed_from=saved["step"])), folder
 
 
 def _batches(shard, size: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
@@ -53,8 +88,6 @@ class _Window:
     def reduce(self, due: bool = False) -> tuple[dict[str, float], bool]:
         """The window's mean metrics and tokens/s over every rank, and whether any rank says a progress
         report is `due` (every rank must make the same number of `ray.train.report` calls)."""
-        import torch.distributed as dist
-
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] for k in keys] + [self.count, self.tokens, float(due)],
                               dtype=torch.float64)
@@ -77,35 +110,30 @@ def _status(folder: str | None, rank: int, step: int) -> None:
         path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step, "node": node}))
 
 
-def _load_model(config: dict[str, Any], recipe: Recipe, ds_config: dict[str, Any]):
-    from pedray.model.build import load_model
-    from pedray.train.engine import zero3_loading
-
+def _load_model(upstream: str, recipe: Recipe, ds_config: dict[str, Any]):
     with zero3_loading(ds_config):
-        model = load_model(config["upstream"], trust_remote_code=recipe.model.trust_remote_code,
+        model = load_model(upstream, trust_remote_code=recipe.model.trust_remote_code,
                            attn_implementation=recipe.model.attn_implementation)
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     # Where the weights came from (a URI stays a URI, not this node's cached copy): adapters record it as their base.
-    model.config._name_or_path = config["upstream"]
+    model.config._name_or_path = upstream
     return model
 
 
-def _checkpoint(engine, state: dict[str, Any], metrics: dict[str, float], rank: int, local: bool,
-                export=None) -> None:
+def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, local: bool,
+                export: Callable[[Path], None] | None = None) -> None:
     """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders.
 
     Ray copies the folder to storage, so it is removed after the report; in local mode (no workers)
     Ray keeps the folder itself as the checkpoint, so it stays.
     """
-    import ray.train
-
     folder = Path(tempfile.mkdtemp(prefix="pedray-ckpt-"))
     try:
         engine.save(folder)
         if rank == 0:
-            (folder / STATE_FILE).write_text(json.dumps(state, ensure_ascii=False))
+            (folder / STATE_FILE).write_text(json.dumps(asdict(state), ensure_ascii=False))
             if export is not None:
                 export(folder / EXPORT_DIR)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -138,10 +166,8 @@ class _Prefetch:
         yield from self.batches
 
 
-def _evaluate(engine, shard, spec, recipe: Recipe, stage: str, collate) -> float:
+def _evaluate(engine, shard, spec: StageSpec, recipe: Recipe, stage: str, collate) -> float:
     """Mean loss over this worker's share of the held-out rows, averaged over every rank."""
-    import torch.distributed as dist
-
     engine.engine.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
@@ -152,16 +178,6 @@ def _evaluate(engine, shard, spec, recipe: Recipe, stage: str, collate) -> float
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
     return (totals[0] / totals[1].clamp(min=1)).item()
-
-
-def _restore(checkpoint) -> tuple[dict[str, Any], Path | None]:
-    """Training state and a local copy of the latest checkpoint (None when starting fresh)."""
-    if checkpoint is None:
-        return {"step": 0, "consumed": 0, "history": [], "resumed_from": None}, None
-    folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pedray-restore-")))
-    state = json.loads((folder / STATE_FILE).read_text())
-    state["resumed_from"] = state["step"]
-    return state, folder
 
 
 class _Progress:
@@ -183,14 +199,6 @@ class _Progress:
               f"lr {lr:.2e}  tok/s {tokens_per_s:,.0f}  left {int(left) // 60}m{int(left) % 60:02d}s", flush=True)
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point. `config`: recipe (mapping), stage, upstream (model folder), status_dir."""
-    from pedray.train.engine import process_group
-
-    with process_group(bool(config["recipe"].get("scaling", {}).get("use_gpu", False))):
-        _train(config)
-
-
 def _quiet_known_noise() -> None:
     """What a worker would print that is not a problem, configured away here so that it holds on any
     cluster (each for the reason given); real warnings stay."""
@@ -204,102 +212,133 @@ def _quiet_known_noise() -> None:
     spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
     if spec is not None and spec.origin:
         logging.getLogger(spec.origin).setLevel(logging.WARNING)
-    from pedray.cluster import KnownNoise
-
     logging.getLogger("DeepSpeed").addFilter(KnownNoise())
     # DeepSpeed's ZeRO calls a torch.distributed function torch has deprecated: theirs to change.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
 
 
-def _train(config: dict[str, Any]) -> None:
-    import ray.train
+class StageLoop:
+    """One stage on one Ray Train worker. Built from the loop config (the Recipe object, the stage, the
+    upstream model folder, the status folder, whether there is a held-out split): loads the model and
+    tokenizer, resumes from the latest checkpoint; `run()` steps to `max_steps`, logging, evaluating and
+    checkpointing on their schedules, then `finish()` evaluates once more and checkpoints the export."""
 
-    from pedray.model.build import load_tokenizer
-    from pedray.train.engine import Engine, deepspeed_config
-    from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.recipe: Recipe = config["recipe"]
+        self.stage, self.upstream = config["stage"], config["upstream"]
+        self.spec = STAGE_SPECS[self.stage]
+        self.settings, scaling = self.recipe.stage(self.stage), self.recipe.scaling
+        self.status_dir = config.get("status_dir")
+        context = ray.train.get_context()
+        self.rank, world = context.get_world_rank(), context.get_world_size()
+        self.local = scaling.num_workers == 0
+        torch.set_num_threads(scaling.threads_per_worker or max(1, int(scaling.cpus_per_worker)))
+        torch.manual_seed(self.recipe.data.seed + self.rank)
+        self.device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
 
-    _quiet_known_noise()
-    recipe: Recipe = build(Recipe, config["recipe"], "<train loop config>")
-    stage, spec = config["stage"], STAGE_SPECS[config["stage"]]
-    settings, scaling = recipe.stage(config["stage"]), recipe.scaling
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    local = scaling.num_workers == 0
-    torch.set_num_threads(scaling.threads_per_worker or max(1, int(scaling.cpus_per_worker)))
-    torch.manual_seed(recipe.data.seed + rank)
-    device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
+        self.state, restored = LoopState.restore(ray.train.get_checkpoint())
+        self.batches = iter(_Prefetch(_batches(ray.train.get_dataset_shard("train"), scaling.micro_batch_size,
+                                               skip=self.state.consumed)))
+        ds_config = deepspeed_config(scaling, self.recipe.optim, self.settings, world)
+        self.engine = Engine(self.spec.prepare(_load_model(self.upstream, self.recipe, ds_config), self.recipe),
+                             ds_config)
+        self.tokenizer = load_tokenizer(self.upstream, self.recipe.model.trust_remote_code)
+        if restored is not None:
+            self.engine.load(restored)
+            shutil.rmtree(restored, ignore_errors=True)
+            self._say(f"resumed from step {self.state.step}")
+        self.held_out = ray.train.get_dataset_shard("eval") if config.get("eval") else None
+        self.metrics: dict[str, Any] = self.state.history[-1] if self.state.history else {}
+        """The latest logged metrics (with the latest held-out loss once evaluated): what goes to Ray Train."""
 
-    state, restored = _restore(ray.train.get_checkpoint())
-    batches = iter(_Prefetch(_batches(ray.train.get_dataset_shard("train"), scaling.micro_batch_size,
-                                      skip=state["consumed"])))
-    ds_config = deepspeed_config(scaling, recipe.optim, settings, world)
-    engine = Engine(spec.prepare(_load_model(config, recipe, ds_config), recipe), ds_config)
-    tokenizer = load_tokenizer(config["upstream"], recipe.model.trust_remote_code)
-    if restored is not None:
-        engine.load(restored)
-        shutil.rmtree(restored, ignore_errors=True)
-        if rank == 0:
-            print(f"[{stage}] resumed from step {state['step']}", flush=True)
+    def _say(self, line: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.stage}] {line}", flush=True)
 
-    def export(folder: Path) -> None:
-        spec.export(engine.module, full_state, folder)
-        tokenizer.save_pretrained(folder)
+    def collate(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], int]:
+        """Tensors on the device, and the batch's real (non-padding) tokens."""
+        if self.spec.pairs:
+            return collate_pairs(batch, self.device, self.tokenizer.pad_token_id)
+        return collate_packed(batch, self.device)
 
-    def collate(batch):
-        if spec.pairs:
-            return collate_pairs(batch, device, tokenizer.pad_token_id)
-        return collate_packed(batch, device)
+    def held_out_loss(self) -> float | None:
+        """The held-out loss now (None without a held-out split), kept in the state and printed."""
+        if self.held_out is None:
+            return None
+        loss = _evaluate(self.engine, self.held_out, self.spec, self.recipe, self.stage,
+                         lambda batch: self.collate(batch)[0])
+        self.state.eval.append({"step": self.state.step, "loss": loss})
+        self._say(f"step {self.state.step}  held-out loss {loss:.4f}")
+        return loss
 
-    held_out = ray.train.get_dataset_shard("eval") if config.get("eval") else None
+    def evaluate(self) -> None:
+        loss = self.held_out_loss()
+        if loss is not None:
+            self.metrics = dict(self.metrics, **{f"{self.stage}/eval_loss": loss})
 
-    def evaluate(metrics: dict[str, Any]) -> dict[str, Any]:
-        if held_out is not None:
-            metrics = dict(metrics, **{f"{stage}/eval_loss": _evaluate(engine, held_out, spec, recipe, stage,
-                                                                      lambda b: collate(b)[0])})
-            state["eval"].append({"step": state["step"], "loss": metrics[f"{stage}/eval_loss"]})
-            if rank == 0:
-                print(f"[{stage}] step {state['step']}  held-out loss {metrics[f'{stage}/eval_loss']:.4f}", flush=True)
-        return metrics
+    def run(self) -> None:
+        if self.state.step == 0 and not self.state.eval:
+            self.held_out_loss()  # the starting point of the held-out curve
+        window = _Window()
+        progress = _Progress(self.stage, self.state.step, self.settings.max_steps)
+        reported = float("-inf")  # when metrics last went to Ray Train (the first progress report goes at once)
+        self.engine.engine.train()
+        while self.state.step < self.settings.max_steps:
+            tensors, tokens = self.collate(next(self.batches))
+            loss, step_metrics = self.spec.loss(self.engine.forward, tensors, self.recipe, self.stage)
+            stepped = self.engine.backward_and_step(loss)
+            window.add(step_metrics, tokens)
+            self.state.consumed += 1
+            if not stepped:  # gradient accumulation: not an optimizer step yet
+                continue
+            self.state.step += 1
+            step, last = self.state.step, self.state.step >= self.settings.max_steps
+            _status(self.status_dir, self.rank, step)
+            due = False
+            if step % self.settings.log_every == 0 or last:
+                due = self.log(window, progress, time.monotonic() - reported >= self.settings.report_every_s)
+                window = _Window()
+            if step % self.settings.checkpoint_every == 0 and not last:
+                self.evaluate()
+                _checkpoint(self.engine, self.state, self.metrics, self.rank, self.local)
+                reported = time.monotonic()
+            elif due and not last:  # the last step reports with the final checkpoint
+                ray.train.report(self.metrics)
+                reported = time.monotonic()
+        self.finish()
 
-    state.setdefault("eval", [])
-    if state["step"] == 0 and not state["eval"]:
-        evaluate({})
-    window, metrics = _Window(), (state["history"][-1] if state["history"] else {})
-    progress = _Progress(stage, state["step"], settings.max_steps)
-    reported = float("-inf")  # when metrics last went to Ray Train (the first progress report goes at once)
-    engine.engine.train()
-    while state["step"] < settings.max_steps:
-        tensors, tokens = collate(next(batches))
-        loss, step_metrics = spec.loss(engine.forward, tensors, recipe, stage)
-        stepped = engine.backward_and_step(loss)
-        window.add(step_metrics, tokens)
-        state["consumed"] += 1
-        if not stepped:
-            continue
-        state["step"] += 1
-        _status(config.get("status_dir"), rank, state["step"])
-        step, last = state["step"], state["step"] >= settings.max_steps
-        due = False
-        if step % settings.log_every == 0 or last:
-            reduced, due = window.reduce(time.monotonic() - reported >= settings.report_every_s)
-            metrics = {f"{stage}/{k}": v for k, v in reduced.items()}
-            metrics.update({f"{stage}/lr": engine.lr, "step": step})
-            state["history"].append(metrics)
-            window = _Window()
-            if rank == 0:
-                progress.show(step, metrics[f"{stage}/loss"], engine.lr, metrics[f"{stage}/tokens_per_s"])
-        if (step % settings.checkpoint_every == 0) and not last:
-            metrics = evaluate(metrics)
-            _checkpoint(engine, state, metrics, rank, local)
-            reported = time.monotonic()
-        elif due and not last:  # the last step reports with the final checkpoint
-            ray.train.report(metrics)
-            reported = time.monotonic()
+    def log(self, window: _Window, progress: _Progress, report_due: bool) -> bool:
+        """Reduce the window over the ranks into the history and the console; whether any rank says a
+        progress report to Ray Train is due."""
+        reduced, due = window.reduce(report_due)
+        self.metrics = {f"{self.stage}/{key}": value for key, value in reduced.items()}
+        self.metrics.update({f"{self.stage}/lr": self.engine.lr, "step": self.state.step})
+        self.state.history.append(self.metrics)
+        if self.rank == 0:
+            progress.show(self.state.step, self.metrics[f"{self.stage}/loss"], self.engine.lr,
+                          self.metrics[f"{self.stage}/tokens_per_s"])
+        return due
 
-    if state["step"] >= settings.max_steps and not state.get("done"):
-        metrics = evaluate(metrics)
-    if spec.gather is not None:
-        spec.gather(engine.module)
-    full_state = engine.full_state_dict()
-    # "done" is a reserved result key in Ray Tune (it ends the trial at once): the metric is "finished".
-    _checkpoint(engine, dict(state, done=True), dict(metrics, finished=1), rank, local, export=export)
+    def finish(self) -> None:
+        """The final held-out loss (unless restored from the final checkpoint), then the final checkpoint
+        with the exported model."""
+        if not self.state.done:
+            self.evaluate()
+        if self.spec.gather is not None:
+            self.spec.gather(self.engine.module)
+        full_state = self.engine.full_state_dict()
+        # "done" is a reserved result key in Ray Tune (it ends the trial at once): the metric is "finished".
+        _checkpoint(self.engine, replace(self.state, done=True), dict(self.metrics, finished=1), self.rank,
+                    self.local, export=lambda folder: self.export(full_state, folder))
+
+    def export(self, full_state: dict[str, torch.Tensor], folder: Path) -> None:
+        self.spec.export(self.engine.module, full_state, folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train entry point. `config`: recipe (the Recipe object), stage, upstream (model folder),
+    status_dir, eval (whether a held-out split is there)."""
+    with process_group(config["recipe"].scaling.use_gpu):
+        _quiet_known_noise()
+        StageLoop(config).run()

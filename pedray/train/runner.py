@@ -14,6 +14,7 @@ from typing import Any
 from pedray import storage
 from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
+from pedray.plots import saved_figure
 from pedray.train.loop import EXPORT_DIR, STATE_FILE, train_loop
 from pedray.train.stages import STAGE_SPECS
 
@@ -69,23 +70,16 @@ def plot_history(history: list[dict[str, Any]], stage: str, out: Path) -> Path |
     """Loss (and, for dfpo, reward accuracy and margin) against step, as a PNG."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [h["step"] for h in history]
     extras = [k for k in (f"{stage}/reward_accuracy", f"{stage}/reward_margin", f"{stage}/balance_loss")
               if k in history[0]]
-    figure, axes = plt.subplots(1, 1 + len(extras), figsize=(5 * (1 + len(extras)), 3.5), squeeze=False)
-    for axis, key in zip(axes[0], [f"{stage}/loss", *extras]):
-        axis.plot(steps, [h[key] for h in history], marker="o", markersize=3)
-        axis.set_xlabel("step")
-        axis.set_title(key)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    with saved_figure(out, nrows=1, ncols=1 + len(extras), figsize=(5 * (1 + len(extras)), 3.5),
+                      squeeze=False) as (_, axes):
+        for axis, key in zip(axes[0], [f"{stage}/loss", *extras]):
+            axis.plot(steps, [h[key] for h in history], marker="o", markersize=3)
+            axis.set_xlabel("step")
+            axis.set_title(key)
+            axis.grid(alpha=0.3)
     return out
 
 
@@ -122,7 +116,7 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
         # every library's print (DeepSpeed's op builds), reached the console twice.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
-    config = {"recipe": to_dict(recipe), "stage": stage, "upstream": str(upstream),
+    config = {"recipe": recipe, "stage": stage, "upstream": str(upstream),
               "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
     return TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
                         datasets=datasets)
@@ -191,7 +185,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
         history = state["history"]
         _write_json(local / "history.json", history)
         plot = plot_history(history, stage, local / "loss.png")
-        final = {k: v for k, v in (history[-1] if history else {}).items()}
+        final = history[-1] if history else {}
         first = history[0] if history else {}
         manifest = {
             "stage": stage, "status": "complete", "fingerprint": fingerprint,
@@ -205,7 +199,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
                       "history": str(storage.join(stage_dir, "history.json")),
                       "loss_plot": str(storage.join(stage_dir, "loss.png")) if plot else None,
                       "checkpoint": result.checkpoint.path,
-                      "base_model": str(upstream) if stage == "mouse" else None},
+                      "base_model": str(upstream) if STAGE_SPECS[stage].exports_adapter else None},
             "elapsed_s": round(time.time() - started, 1),
         }
     _write_json(storage.join(stage_dir, MANIFEST), manifest)  # last: a manifest means the whole folder is there

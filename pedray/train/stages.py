@@ -143,6 +143,7 @@ class StageSpec:
     export: Callable[[torch.nn.Module, dict[str, torch.Tensor], Path], None]
     needs_reference: bool = False  # reference log-probs from the upstream model are added to the data
     gather: Callable[[torch.nn.Module], None] | None = None  # run on every rank before the export
+    exports_adapter: bool = False  # saves an adapter over its upstream (which stays the model handed on)
     version: int = 1  # bump when what the stage trains or saves changes: a new fingerprint, no stale resume
 
 
@@ -152,6 +153,6 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "dfpo": StageSpec(name="dfpo", data="dfpo", prepare=full_model, loss=preference_loss, pairs=True,
                       export=export_full, needs_reference=True),
     "mouse": StageSpec(name="mouse", data="sft", prepare=with_experts, loss=mouse_loss, pairs=False,
-                       export=export_experts, gather=gather_routing,
+                       export=export_experts, gather=gather_routing, exports_adapter=True,
                        version=2),  # 2: MoUSE experts (1 was a plain PEFT LoRA)
 }
