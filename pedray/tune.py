@@ -19,6 +19,7 @@ import yaml
 from pedray import storage
 from pedray.config.loader import ConfigError, load_recipe, merge, parse_overrides, to_dict
 from pedray.config.schema import Recipe
+from pedray.markdown import table
 from pedray.plots import saved_figure
 from pedray.train.chain import upstream_for
 from pedray.train.runner import run_stage
@@ -151,8 +152,6 @@ def report(grid_result, space: dict[str, list], metric: str, root: str | Path, c
 
 
 def results_table(rows: list[dict[str, Any]], metric: str) -> str:
-    from pedray.markdown import table
-
     cells = []
     for row in sorted(rows, key=lambda r: (r["final_loss"] is None, r["final_loss"] or 0.0)):
         outcome = "error" if row["error"] else ("stopped by ASHA" if row["stopped_early"] else "completed")

@@ -10,6 +10,10 @@ from pedray import storage
 from pedray.cache import build_once, cache_root
 from pedray.config.schema import Recipe
 from pedray.corpus import corpus_version
+from pedray.corpus.generate import write_corpus
+from pedray.data import pipeline
+from pedray.ingest.prep import prep
+from pedray.model.build import check_model_dir, default_model_dir
 
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
@@ -17,9 +21,6 @@ def _fingerprint(obj) -> str:
 
 def _corpus(recipe: Recipe) -> list[tuple[Path, str | None]]:
     """(folder on this machine, its URI when it came from one) for each prepared corpus folder."""
-    from pedray.corpus.generate import write_corpus
-    from pedray.ingest.prep import prep
-
     data = recipe.data
     if data.corpus_dir:
         folder = storage.local_copy(data.corpus_dir)  # a URI: this machine's cached copy
@@ -62,8 +63,6 @@ def base_model_dir(recipe: Recipe) -> str | Path:
     """`model.path` (a folder or URI), or the embedded default of `model.size` built once into the cache.
 
     With a URI `output_dir`, the embedded default is uploaded there once, so that every node reads it."""
-    from pedray.model.build import check_model_dir, default_model_dir
-
     if recipe.model.path:
         check_model_dir(recipe.model.path)
         return storage.as_location(recipe.model.path)
@@ -76,8 +75,6 @@ def base_model_dir(recipe: Recipe) -> str | Path:
 def stage_dataset(recipe: Recipe, data: str, tokenizer_path: str | Path, split: str = "train"):
     """The Ray Dataset of one kind of stage data (a StageSpec's `data`): cpt text, sft conversations
     (which mouse trains on too), dfpo pairs."""
-    from pedray.data import pipeline
-
     dirs = corpus_locations(recipe)
     builders = {"cpt": pipeline.cpt_dataset, "sft": pipeline.sft_dataset, "dfpo": pipeline.pref_dataset}
     if data not in builders:

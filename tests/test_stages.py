@@ -82,3 +82,29 @@ def test_pairs_collate_chosen_then_rejected_right_padded():
     assert tensors["input_ids"].tolist() == [[1, 2, 3, 0], [4, 5, 0, 0], [1, 9, 0, 0], [4, 8, 7, 6]]
     assert tensors["labels"][1].tolist() == [-100, 5, -100, -100]
     assert tokens == 11
+
+
+def test_upstream_for_is_the_last_enabled_completed_stage_that_hands_a_model_on(tmp_path):
+    """The one rule the chain and `pedray tune` use: a stage starts from the export of the last enabled,
+    completed stage before it; mouse (an adapter) hands nothing on; nothing completed means the base."""
+    import json
+
+    from pedray.train.chain import upstream_for
+
+    def complete(stage: str) -> None:
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "manifest.json").write_text(json.dumps(
+            {"status": "complete", "fingerprint": f"fp-{stage}", "paths": {"model": str(tmp_path / stage / "model")}}))
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}"])
+    assert upstream_for(recipe, "sft", base="BASE") == ("BASE", {"stage": "base", "path": "BASE",
+                                                                 "fingerprint": "base:BASE"})
+    complete("cpt")
+    complete("sft")
+    model, info = upstream_for(recipe, "mouse", base="BASE")
+    assert str(model) == str(tmp_path / "sft" / "model") and info["stage"] == "sft" and info["fingerprint"] == "fp-sft"
+    assert upstream_for(recipe, "sft", base="BASE")[1]["stage"] == "cpt"   # only stages before it count
+    complete("mouse")
+    assert upstream_for(recipe, "mouse", base="BASE")[1]["stage"] == "sft"
+    disabled = load_recipe(None, [f"output_dir={tmp_path}", "stages.sft.enabled=false"])
+    assert upstream_for(disabled, "dfpo", base="BASE")[1]["stage"] == "cpt"  # a disabled stage hands nothing on

@@ -12,16 +12,14 @@ import pyarrow as pa
 
 from pedray import storage
 from pedray.config.schema import DataConfig
-from pedray.data import packing
-from pedray.data import tokenize as tok
+from pedray.data import packing, tokenize as tok
+from pedray.model.build import load_tokenizer
 from pedray.vocab import TASKS
 
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
     """One tokenizer per Ray worker process and path (tasks reuse their process)."""
-    from pedray.model.build import load_tokenizer
-
     return load_tokenizer(path)
 
 

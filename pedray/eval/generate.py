@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pedray import storage
+from pedray.model.build import load_model, load_tokenizer
+from pedray.model.mouse_io import is_adapter, load_mouse, read_config
+from pedray.storage import local_copy
+
 
 def load_for_eval(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, routes_by_task) for a plain HF model folder or a MoUSE adapter folder."""
-    from pedray.model.build import load_model, load_tokenizer
-    from pedray.model.mouse_io import is_adapter, load_mouse, read_config
-    from pedray.storage import local_copy
-
     model_dir = local_copy(model_dir)
     if is_adapter(model_dir):
         base = read_config(model_dir).get("base_model")
@@ -112,8 +113,6 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
     any order, each with its `id`.
     """
     import ray.data
-
-    from pedray import storage
 
     count, cpus = actor_layout(actors)
     dataset = ray.data.from_items(_sorted(items), override_num_blocks=max(count, len(items) // batch_size or 1))

@@ -10,8 +10,11 @@ from typing import Any
 
 from pedray import storage
 from pedray.config.schema import EvalConfig
-from pedray.eval.report import bar_chart, markdown
+from pedray.eval.generate import generate_dataset
+from pedray.eval.report import bar_chart, markdown, stage_table
 from pedray.eval.score import annotate, headline, samples, score_rows
+from pedray.eval.sets import load_sets
+from pedray.workspace import corpus_dirs
 
 REPORT = "report.json"
 
@@ -44,8 +47,6 @@ def evaluate(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig
 
 
 def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, location) -> dict[str, Any]:
-    from pedray.eval.generate import generate_dataset
-
     started = time.time()
     rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
     seconds = time.time() - started
@@ -71,9 +72,6 @@ def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, locat
 
 def recipe_items(recipe, sets: list[str] | None = None) -> list[dict[str, str]]:
     """The questions a recipe evaluates on: its held-out split (eval.heldout) and eval.sets plus `sets`."""
-    from pedray.eval.sets import load_sets
-    from pedray.workspace import corpus_dirs
-
     dirs = corpus_dirs(recipe) if recipe.eval.heldout else None
     return load_sets(list(recipe.eval.sets) + list(sets or []), dirs, recipe.eval.limit)
 
@@ -105,8 +103,6 @@ class ChainEvaluation:
                           storage.join(self.output, stage, "eval"))
 
     def finish(self) -> str:
-        from pedray.eval.report import bar_chart, stage_table
-
         table = stage_table(self.reports)
         with storage.writable(storage.join(self.output, "eval")) as out:
             (out / "stages.md").write_text(table + "\n", encoding="utf-8")

@@ -20,8 +20,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pedray.ingest.readers import InputError, pediabench_rows
+from pedray.data.pipeline import corpus_files
+from pedray.data.tokenize import chat_messages
 from pedray.ingest.normalize import normalize_text
+from pedray.ingest.readers import InputError, pediabench_rows
 from pedray.vocab import DEFAULT_SYSTEM, TASKS
 
 KINDS = ("text", "choice", "judgement")
@@ -43,9 +45,6 @@ def heldout_items(corpus_dirs: list[str | Path], limit: int = 0) -> list[dict[st
 
     The prompt is the conversation up to its last answer; that answer is the reference.
     """
-    from pedray.data.pipeline import corpus_files
-    from pedray.data.tokenize import chat_messages
-
     taken = dict.fromkeys(TASKS, 0)
     items = []
     for file in corpus_files(list(corpus_dirs), "sft", "test"):

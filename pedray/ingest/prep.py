@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable
 
 from pedray.corpus.generate import split_of
+from pedray.ingest import layout as by_meaning
 from pedray.ingest.normalize import Deduplicator
-from pedray.ingest.readers import Skipped, read_path
+from pedray.ingest.readers import Skipped, columns_of, read_path
 
 
 class _Writers:
@@ -113,11 +115,6 @@ def _reason_kind(reason: str) -> str:
 def inspect(path: str | Path, task: str | None = None, layout: dict[str, str] | None = None,
             rows: int = 3) -> dict[str, Any]:
     """What `prep` would make of a file: the columns it sees, the role each plays, the first records."""
-    from itertools import islice
-
-    from pedray.ingest import layout as by_meaning
-    from pedray.ingest.readers import columns_of
-
     path = Path(path)
     columns = columns_of(path)
     items = list(islice(read_path(path, task, layout=layout), rows))

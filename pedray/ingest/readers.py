@@ -217,7 +217,7 @@ def columns_of(path: Path) -> list[str]:
 
 def read_path(path: str | Path, task: str | None = None, **layout: Any) -> Iterator[FileItem]:
     """(file, where, record, reason) for every record of a file; folders are read file by file in name order."""
-    from pedray.ingest.llamafactory import read_dataset_info
+    from pedray.ingest.llamafactory import read_dataset_info  # here: llamafactory builds on this module
 
     path = Path(path)
     if path.is_dir():

@@ -8,6 +8,12 @@ from typing import Any
 
 import torch
 
+from pedray.cache import build_once, cache_root
+from pedray.corpus import corpus_version
+from pedray.corpus.generate import instructions, preferences, pretraining_text
+from pedray.model.tokenizer import train_tokenizer
+from pedray.storage import local_copy
+
 # Llama architecture: AutoTokenizer keeps a locally trained tokenizer with it (qwen2 would swap the class).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=2500, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
@@ -23,8 +29,6 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 def corpus_texts(seed: int = 0, count: int = 6000) -> list[str]:
     """Every piece of text in the embedded corpus, for training the tokenizer."""
-    from pedray.corpus.generate import instructions, preferences, pretraining_text
-
     texts = [r["text"] for r in pretraining_text(seed)]
     for record in instructions(seed, count) + preferences(seed, count // 6):
         texts.append(record["system"])
@@ -39,8 +43,6 @@ def init_model(size: str, out: str | Path, seed: int = 0, max_positions: int = 4
     Returns the output folder, loadable offline by AutoTokenizer / AutoModelForCausalLM.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pedray.model.tokenizer import train_tokenizer
 
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; allowed: {sorted(MODEL_SIZES)}")
@@ -66,10 +68,6 @@ def init_model(size: str, out: str | Path, seed: int = 0, max_positions: int = 4
 
 def default_model_dir(size: str, seed: int = 0, cache: str | Path | None = None) -> Path:
     """The embedded default model of `size`, built once into the cache folder and reused."""
-    from pedray.cache import build_once, cache_root
-
-    from pedray.corpus import corpus_version
-
     # the tokenizer is trained on the corpus: a changed generator makes a new default model
     folder = Path(cache or cache_root()) / f"default-{size}-seed{seed}-{corpus_version()}"
     return build_once(folder, lambda out: init_model(size, out, seed=seed), "pedray_model.json")
@@ -77,8 +75,6 @@ def default_model_dir(size: str, seed: int = 0, cache: str | Path | None = None)
 
 def check_model_dir(path: str | Path) -> Path:
     """The model's local folder (for a URI, this node's cached copy of it); an error unless it is one."""
-    from pedray.storage import local_copy
-
     path = local_copy(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json); "

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pedray.config.schema import LoraConfig
+from pedray.model.build import find_lora_targets
 from pedray.model.routing import RoutingStats
 from pedray.vocab import TASKS
 
@@ -199,8 +200,6 @@ class MouseModel(nn.Module):
 
 def attach_mouse(model: nn.Module, lora: LoraConfig, tasks: tuple[str, ...] = TASKS) -> MouseModel:
     """Freeze `model` and wrap its target linear layers (configured, or found automatically) with MoUSE."""
-    from pedray.model.build import find_lora_targets
-
     suffixes = lora.target_modules or find_lora_targets(model)
     targets = [name for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in suffixes]

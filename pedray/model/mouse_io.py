@@ -18,7 +18,9 @@ from torch import nn
 
 from pedray.config.loader import build
 from pedray.config.schema import LoraConfig
+from pedray.model.build import load_model
 from pedray.model.mouse import MouseLinear, MouseModel
+from pedray.storage import local_copy
 
 CONFIG_FILE = "mouse_config.json"
 ADAPTER_FILE = "mouse_adapter.safetensors"
@@ -56,8 +58,6 @@ def is_adapter(folder: str | Path) -> bool:
 
 def read_config(folder: str | Path) -> dict:
     """The adapter's JSON config; a clear error when the folder holds no MoUSE adapter."""
-    from pedray.storage import local_copy
-
     path = local_copy(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no MoUSE adapter ({CONFIG_FILE} missing)")
@@ -73,9 +73,6 @@ def load_mouse(folder: str | Path, base: nn.Module | str | Path | None = None, *
     Every saved tensor must land on a layer and every layer must be filled; returns the model in eval mode.
     """
     from safetensors.torch import load_file
-
-    from pedray.model.build import load_model
-    from pedray.storage import local_copy
 
     folder = local_copy(folder)
     config = read_config(folder)

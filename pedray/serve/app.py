@@ -10,8 +10,11 @@ every route. Each expert deployment has its own replicas and autoscaling.
 # (a string `Request` inside a Serve ingress class turns into a required query parameter).
 import asyncio
 import json
+import os
 import secrets
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, AsyncGenerator
@@ -20,12 +23,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException
 
 from pedray import storage
 from pedray.config.schema import ServeConfig
 from pedray.serve import safety
 from pedray.serve.api import PENALTY_FIELDS, APIError, check_json_type, chunk, completion, parse_chat
+from pedray.serve.classify import TaskClassifier, corpus_examples
 from pedray.serve.layout import expert_layout, vllm_python
 from pedray.serve.request import Engine, GenRequest
 from pedray.vocab import TASKS
@@ -60,13 +66,11 @@ class Expert:
 
     def __init__(self, model_dir: str, name: str, max_batch_size: int, threads: int,
                  stream_interval_s: float = 0.2, vllm: dict[str, Any] | None = None) -> None:
-        import time
-
         started = time.monotonic()
         bind_replica_to_node_ip()
         self.name, self.interval = name, stream_interval_s
         self.engine: Engine
-        if vllm:
+        if vllm:  # imported where used: the router's process never needs an engine (torch, for hf)
             from pedray.serve.vllm_engine import VLLMEngine
 
             self.engine = VLLMEngine(storage.local_copy(model_dir), vllm["python"], threads, max_batch_size,
@@ -107,8 +111,6 @@ class Expert:
 
     def whoami(self) -> dict[str, Any]:
         """This replica's expert name, process id and engine statistics (for operators, and tests)."""
-        import os
-
         return {"expert": self.name, "pid": os.getpid(), "load_seconds": self.load_seconds, **self.engine.stats()}
 
 
@@ -146,7 +148,8 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _load_tokenizer(folder: str) -> tuple[Any, int]:
-    """The router's tokenizer and the model's context length."""
+    """The router's tokenizer and the model's context length (transformers and torch come with it: imported
+    on the router's loading thread, not at its start)."""
     from pedray.model.build import check_model_dir, load_tokenizer
 
     config = json.loads((check_model_dir(folder) / "config.json").read_text())
@@ -163,8 +166,6 @@ class Router:
         """Returns at once: Serve's proxy holds every request (/health too) until the ingress's constructor
         has returned, so the tokenizer (transformers' import, seconds on a busy machine while the experts
         load) is loaded on a thread, and until the app is ready the router answers 503 (`_check_started`)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         bind_replica_to_node_ip()
         self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.expert_names = sorted(experts)
@@ -175,8 +176,6 @@ class Router:
         self.classifier = classifier  # a TaskClassifier, shipped whole: the router may run on any node
         self.counts = {task: 0 for task in TASKS}
         self.retries = 0
-        from ray.serve.metrics import Counter
-
         self.metric = Counter("pedray_route_requests", description="chat requests per route and expert",
                               tag_keys=("route", "expert"))
 
@@ -289,8 +288,6 @@ class Router:
         """The expert's (delta, finish reason) items. A replica that dies mid-request is replaced: the request
         runs again on another replica and the text already passed on is skipped (decoding is greedy or
         seeded, so it repeats itself)."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
         passed = ""
         for attempt in range(attempts):
             produced = ""
@@ -322,8 +319,6 @@ class Router:
 
 def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], cache: Path):
     """The Serve application for a model folder: its experts, the task classifier, the router."""
-    from pedray.serve.classify import TaskClassifier, corpus_examples
-
     cache.mkdir(parents=True, exist_ok=True)
     layout = expert_layout(model_dir, cache)
     classifier = TaskClassifier.fit(corpus_examples(corpus_dirs))

@@ -63,7 +63,7 @@ class TaskClassifier:
 
 def corpus_examples(corpus_dirs: list[str | Path], split: str = "train") -> list[tuple[str, str]]:
     """(first user turn, task) of every instruction in the corpus split."""
-    from pedray.data.pipeline import corpus_files
+    from pedray.data.pipeline import corpus_files  # Ray Data with it: the driver reads the corpus, not the router
 
     examples = []
     for file in corpus_files(list(corpus_dirs), "sft", split):

@@ -235,7 +235,7 @@ class HFEngine:
     scheduler thread) and `stream` (a fixed batch in the caller's thread)."""
 
     def __init__(self, model_dir: str, threads: int = 0, max_batch_size: int = 16) -> None:
-        from pedray.eval.generate import load_for_eval
+        from pedray.eval.generate import load_for_eval  # the same loading as the evaluation (Ray Data and all)
 
         if threads:
             torch.set_num_threads(threads)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ray import serve
+
 from pedray import storage
+from pedray.cache import cache_root
+from pedray.cluster import ensure_ray
 from pedray.config.schema import Recipe
+from pedray.serve.app import build_app
+from pedray.train.runner import read_manifest
 from pedray.vocab import STAGES
+from pedray.workspace import corpus_dirs
 
 
 def default_model(recipe: Recipe) -> str | Path:
     """The last completed stage's model of the recipe's run (the chain's order from its end)."""
-    from pedray.train.runner import read_manifest
-
     for stage in reversed(STAGES):
         manifest = read_manifest(storage.join(recipe.output_dir, stage))
         if manifest and manifest.get("status") == "complete":
@@ -30,13 +35,6 @@ def _applied_options_filter(record: logging.LogRecord) -> bool:
 
 def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_name: str = "pedray") -> str:
     """Deploy the app on the running (or a new local) Ray; returns the base URL of its OpenAI API."""
-    from ray import serve
-
-    from pedray.cache import cache_root
-    from pedray.cluster import ensure_ray
-    from pedray.serve.app import build_app
-    from pedray.workspace import corpus_dirs
-
     cfg = recipe.serve
     ensure_ray()
     application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pedray import storage
+from pedray.cluster import ensure_ray, logs_dir
 from pedray.config.schema import Recipe
+from pedray.eval.run import ChainEvaluation
 from pedray.markdown import table
 from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
 from pedray.train.stages import STAGE_SPECS
 from pedray.vocab import STAGES
+from pedray.workspace import base_model_dir
 
 
 def train_all(recipe: Recipe, stages: list[str] | None = None,
@@ -25,8 +28,6 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
     An interrupted stage restarts under the same Ray Train run name, which makes Ray
     restore its latest checkpoint.
     """
-    from pedray.workspace import base_model_dir
-
     unknown = sorted(set(stages or []) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; allowed: {list(STAGES)}")
@@ -61,8 +62,6 @@ def upstream_for(recipe: Recipe, stage: str, base: str | Path | None = None) -> 
     does not), else the base model (`base`, default `base_model_dir(recipe)`). The chain, `pedray tune`
     and nothing else decide this."""
     if base is None:
-        from pedray.workspace import base_model_dir
-
         base = base_model_dir(recipe)
     upstream: str | Path = base
     info: dict[str, Any] = {"stage": "base", "path": str(base), "fingerprint": f"base:{base}"}
@@ -90,14 +89,9 @@ def summary_table(manifests: dict[str, dict[str, Any]]) -> str:
 
 def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """What a user runs: join or start Ray, train the stages, print the comparison table."""
-    from pedray.cluster import ensure_ray
-
     ensure_ray()
     evaluation = None
     if recipe.eval.after_stages:
-        from pedray.eval.run import ChainEvaluation
-        from pedray.workspace import base_model_dir
-
         evaluation = ChainEvaluation(recipe, base_model_dir(recipe))
     manifests = train_all(recipe, stages, after_stage=evaluation.stage if evaluation else None)
     print(summary_table(manifests), flush=True)
@@ -105,8 +99,6 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
         print(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):",
               flush=True)
         print(evaluation.finish(), flush=True)
-    from pedray.cluster import logs_dir
-
     if logs_dir():
         print(f"\nRay's full logs (Train, Data, every worker's output): {logs_dir()}", flush=True)
     return manifests

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import torch
 
 from pedray.config.schema import OptimConfig, ScalingConfig, StageConfig
+from pedray.model.selective import selective_forward
 from pedray.net import free_port
 
 TAG = "pedray"  # DeepSpeed also writes a file named "latest" beside the tag folder
@@ -154,8 +155,6 @@ class Engine:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters")
-        from pedray.model.selective import selective_forward
-
         self.config = config
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=trainable, config=config)

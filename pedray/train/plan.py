@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+from pedray.config import load_recipe
+from pedray.train.engine import memory_estimate
+
 
 def count_parameters(architecture: str | Path, trust_remote_code: bool = False) -> tuple[int, int]:
     """(total parameters, parameters of the largest single module) from a config.json, on the meta device."""
@@ -21,9 +24,6 @@ def count_parameters(architecture: str | Path, trust_remote_code: bool = False) 
 
 
 def plan(config: str | None, overrides: list[str], architecture: str | None, gpus_per_node: int) -> dict[str, Any]:
-    from pedray.config import load_recipe
-    from pedray.train.engine import memory_estimate
-
     recipe = load_recipe(config, overrides)
     source = architecture or recipe.model.path
     if not source or not (Path(source) / "config.json").is_file():

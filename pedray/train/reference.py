@@ -13,21 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pedray import storage
+from pedray.losses import sequence_logps
+from pedray.model.build import load_model, load_tokenizer
+from pedray.train.stages import collate_pairs
+
 
 class ReferenceScorer:
     """Ray Data callable: adds `ref_chosen_logps` and `ref_rejected_logps` to preference batches."""
 
     def __init__(self, model_dir: str, trust_remote_code: bool = False) -> None:
-        from pedray.model.build import load_model, load_tokenizer
-
         self.model = load_model(model_dir, trust_remote_code=trust_remote_code).eval()
         self.pad_id = load_tokenizer(model_dir, trust_remote_code).pad_token_id
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pedray.losses import sequence_logps
-        from pedray.train.stages import collate_pairs
-
         size = len(batch["chosen_input_ids"])
         placeholder = np.zeros(size, dtype=np.float32)
         tensors, _ = collate_pairs(dict(batch, ref_chosen_logps=placeholder, ref_rejected_logps=placeholder),
@@ -44,8 +44,6 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
                     trust_remote_code: bool = False) -> str | Path:
     """Write the preference dataset with reference log-probs to `out` (Parquet, a folder or URI) once;
     reuse it after."""
-    from pedray import storage
-
     marker = storage.join(out, "_complete")
     if storage.read_text(marker) is not None:
         return out
@@ -63,8 +61,6 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
 def read_scored(folder: str | Path):
     """The scored preference pairs, streamed back from Parquet."""
     import ray.data
-
-    from pedray import storage
 
     path, filesystem = storage.arrow(folder)
     return ray.data.read_parquet(path, filesystem=filesystem)

@@ -16,7 +16,9 @@ from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
 from pedray.plots import saved_figure
 from pedray.train.loop import EXPORT_DIR, STATE_FILE, train_loop
+from pedray.train.reference import read_scored, score_reference
 from pedray.train.stages import STAGE_SPECS
+from pedray.workspace import corpus_dirs, stage_dataset
 
 MANIFEST = "manifest.json"
 RUN_KEYS = ("data", "model", "lora", "optim", "scaling", "stages")
@@ -126,9 +128,6 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
     """The stage's training stream and, when the corpus has a test split, its held-out rows.
 
     Reference scores (dfpo) are kept per stage fingerprint: another upstream model scores again."""
-    from pedray.train.reference import read_scored, score_reference
-    from pedray.workspace import stage_dataset
-
     spec, settings = STAGE_SPECS[stage], recipe.stage(stage)
     datasets = {}
     for name, split in (("train", "train"), ("eval", "test")):
@@ -165,8 +164,6 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
     `stage_dir` may be a URI: the folder is then written locally and uploaded, and the manifest's
     paths are URIs. `callbacks`: Ray Train callbacks (e.g. Tune's report callback for a Tune trial).
     """
-    from pedray.workspace import corpus_dirs
-
     if not storage.is_uri(stage_dir):
         stage_dir = Path(stage_dir).resolve()
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))

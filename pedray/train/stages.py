@@ -17,6 +17,8 @@ from pedray.config.schema import Recipe
 from pedray.data.columns import IGNORE_INDEX
 from pedray.losses import (dfpo_loss, labelled_lm_loss, mixture_lm_loss, next_token_targets, sequence_logps,
                            unlikelihood_loss)
+from pedray.model.mouse import attach_mouse
+from pedray.model.mouse_io import save_mouse
 
 Batch = dict[str, torch.Tensor]
 
@@ -110,8 +112,6 @@ def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
 
 def with_experts(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
     """Parameter-efficient training: freeze the base, wrap its linear layers with MoUSE experts."""
-    from pedray.model.mouse import attach_mouse
-
     return attach_mouse(model, recipe.lora)
 
 
@@ -121,8 +121,6 @@ def export_full(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Pat
 
 def export_experts(model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path) -> None:
     """The MoUSE adapter (routers included) plus its routing statistics (routing.json, routing.png)."""
-    from pedray.model.mouse_io import save_mouse
-
     save_mouse(model, out, state)
     model.stats.write(out)
 
