@@ -15,6 +15,7 @@ from pedray.data import pipeline
 from pedray.ingest.prep import prep
 from pedray.model.build import check_model_dir, default_model_dir
 
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
