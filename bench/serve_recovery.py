@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
+from common import cpu_kind  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import httpx  # noqa: E402
 
@@ -133,7 +133,6 @@ def main() -> None:
     max_tokens, rounds = (600, 1) if args.quick else (1000, 3)
 
     import ray
-    import torch
     from ray import serve
 
     from pedray.cluster import loopback_only
@@ -167,8 +166,7 @@ def main() -> None:
         {"name": "stall with two replicas vs one", "value": [two["stall_s"], ours["stall_s"]], "target": "two < one",
          "met": two["stall_s"] < ours["stall_s"]},
     ]
-    results = {"model": str(model_dir), "max_tokens": max_tokens, "rounds": rounds, "cpus": os.cpu_count(),
-               "cpu": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+    results = {"model": str(model_dir), "max_tokens": max_tokens, "rounds": rounds, "cpu": cpu_kind(), "rows": rows}
     print(json.dumps({"bench": "serve_recovery", "results": results, "checks": checks}, ensure_ascii=False))
 
 

@@ -27,14 +27,17 @@ STEP_FIELDS = ("exams", "management", "home_care")
 MIN_ITEM_CHARS = 4  # shorter entries ("血常规") are tests many conditions share: too generic to judge by
 
 
+def _longest_first(phrases) -> re.Pattern:
+    """One alternation of the phrases, longest first: a phrase is not also found as a shorter one inside it."""
+    return re.compile("|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True)))
+
+
 @lru_cache(maxsize=1)
 def _condition_pattern() -> tuple[re.Pattern, dict[str, str]]:
-    """One alternation of every condition name in our knowledge base, longest first (so that a name is
-    not also counted as a shorter one inside it)."""
+    """Every condition name in our knowledge base, and the id each names."""
     conditions, _ = load_knowledge()
     names = {c.name: c.id for c in conditions}
-    ordered = sorted(names, key=len, reverse=True)
-    return re.compile("|".join(re.escape(n) for n in ordered)), names
+    return _longest_first(names), names
 
 
 def conditions_named(text: str) -> set[str]:
@@ -45,7 +48,7 @@ def conditions_named(text: str) -> set[str]:
 
 @lru_cache(maxsize=1)
 def _items() -> tuple[re.Pattern, dict[str, frozenset[str]]]:
-    """One alternation of every step item (longest first) and each item's owners."""
+    """Every step item, and each item's owners."""
     conditions, topics = load_knowledge()
     owners: dict[str, set[str]] = {}
     for condition in conditions:
@@ -56,8 +59,7 @@ def _items() -> tuple[re.Pattern, dict[str, frozenset[str]]]:
         for item in topic.points:
             owners.setdefault(item, set()).add(topic.id)
     kept = {item: frozenset(ids) for item, ids in owners.items() if len(item) >= MIN_ITEM_CHARS}
-    ordered = sorted(kept, key=len, reverse=True)
-    return re.compile("|".join(re.escape(item) for item in ordered)), kept
+    return _longest_first(kept), kept
 
 
 def step_items(text: str) -> list[str]:

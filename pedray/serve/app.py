@@ -99,9 +99,6 @@ class Expert:
         if pending:
             yield pending, None
 
-    def ready(self) -> str:
-        return self.name
-
     def __del__(self) -> None:
         """Serve calls this when it stops the replica gracefully: vLLM's processes go with it (Ray would
         SIGKILL the API server alone, orphaning the engine core that holds the KV cache)."""
@@ -117,8 +114,11 @@ class Expert:
 app = FastAPI(title="pedray", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+RETRY_AFTER = {"Retry-After": "5"}  # seconds, with every 503 while the app starts or a replica is replaced
+
+
 def _error(err: APIError) -> JSONResponse:
-    headers = {"Retry-After": "5"} if err.status == 503 else None
+    headers = RETRY_AFTER if err.status == 503 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
@@ -224,7 +224,7 @@ class Router:
             self.started = True
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready" if self.started else "starting"}, status_code=503,
-                            headers={"Retry-After": "5"})
+                            headers=RETRY_AFTER)
 
     @app.get("/v1/models")
     def models(self, request: Request) -> JSONResponse:

@@ -103,8 +103,6 @@ class _Window:
 def _status(folder: str | None, rank: int, step: int) -> None:
     """Heartbeat for operators and tests: <status_dir>/rank<r>.json (pid, step and Ray node)."""
     if folder:
-        import ray
-
         path = Path(folder) / f"rank{rank}.json"
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         path.write_text(json.dumps({"rank": rank, "pid": os.getpid(), "step": step, "node": node}))
