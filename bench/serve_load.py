@@ -46,9 +46,9 @@ def deploy(model_dir: Path, port: int, replicas: int, cpus: float, overrides: li
     from pedray.serve.app import build_app
     from pedray.workspace import corpus_dirs
 
-    recipe = load_recipe(None, [f"serve.port={port}", f"serve.expert_cpus={cpus}", f"serve.min_replicas={replicas}",
-                                f"serve.max_replicas={replicas}", "serve.max_batch_size=16",
-                                "serve.max_tokens_limit=256", *overrides])
+    recipe = load_recipe(None, [f"serve.http.port={port}", f"serve.replicas.cpus={cpus}", f"serve.replicas.min={replicas}",
+                                f"serve.replicas.max={replicas}", "serve.replicas.max_batch_size=16",
+                                "serve.requests.max_tokens_limit=256", *overrides])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(model_dir, recipe.serve, corpus_dirs(recipe), cache_root() / "serve"), name="bench",
               route_prefix="/")
@@ -168,12 +168,12 @@ def vllm_rows(model_dir: Path, port: int, per_level: dict[int, int], max_tokens:
     alone = VLLMEngine(model_dir, str(python), cpus, 16)
     out["vllm_serve_start_s"] = round(time.perf_counter() - started, 1)
     try:
-        # vLLM alone streams with the same granularity the app asks of it (serve.vllm_stream_tokens)
-        same = {"stream_interval": load_recipe(None, hf_sets).serve.vllm_stream_tokens}
+        # vLLM alone streams with the same granularity the app asks of it (serve.vllm.stream_tokens)
+        same = {"stream_interval": load_recipe(None, hf_sets).serve.vllm.stream_tokens}
         out["vllm_serve"] = levels(f"{alone.base}/v1/chat/completions", per_level, max_tokens, tokenizer, same)
     finally:
         alone.close()
-    base = deploy(model_dir, port, 1, expert_cpus, [*hf_sets, "serve.engine=vllm", f"serve.vllm_python={python}"])
+    base = deploy(model_dir, port, 1, expert_cpus, [*hf_sets, "serve.engine=vllm", f"serve.vllm.python={python}"])
     out["serve_vllm"] = levels(f"{base}/v1/chat/completions", per_level, max_tokens, tokenizer, {"task": "general"})
     serve.delete("bench")
     return out
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, no vLLM rows (under two minutes)")
     parser.add_argument("--model", default=None, help="model folder (default: the embedded small model)")
     parser.add_argument("--set", action="append", default=[], metavar="serve.KEY=VALUE",
-                        help="a serve setting for the pedray app (repeatable), e.g. serve.stream_interval_s=0.1")
+                        help="a serve setting for the pedray app (repeatable), e.g. serve.requests.stream_interval_s=0.1")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
     vllm = parser.add_mutually_exclusive_group()
     vllm.add_argument("--vllm", action="store_true", help="run the vLLM rows with --quick too")

@@ -1,8 +1,8 @@
 """Crash recovery, side by side in one run: streamed answers in flight when an expert replica is SIGKILLed,
 
 - on Serve's default health-check period (10 s), one expert replica;
-- on pedray's default (`serve.health_check_period_s`, 2 s), one expert replica;
-- on pedray's default with two expert replicas (`serve.min_replicas: 2`).
+- on pedray's default (`serve.replicas.health_check_period_s`, 2 s), one expert replica;
+- on pedray's default with two expert replicas (`serve.replicas.min: 2`).
 
 Per row: the stall a client sees (the longest gap between two pieces of a stream's text) and where it
 goes: detection (the kill -> the controller's state no longer counts the replica as running),
@@ -61,7 +61,7 @@ def one_row(model_dir: Path, port: int, replicas: int, period: float, max_tokens
 
     expert_cpus = max(1.0, (os.cpu_count() or 2) - 1) / replicas
     base = deploy(model_dir, port, replicas=replicas, cpus=expert_cpus,
-                  overrides=[f"serve.health_check_period_s={period}", "serve.max_tokens_limit=2048"])
+                  overrides=[f"serve.replicas.health_check_period_s={period}", "serve.requests.max_tokens_limit=2048"])
     handle = serve.get_deployment_handle("expert-model", app_name="bench")
     questions = [f"孩子第{i + 1}天发烧，精神还好，怎么护理？" for i in range(replicas)]
     uninterrupted = []

@@ -63,7 +63,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from pedray.data.preview import inspect_stage
+    from pedray.preview import inspect_stage
 
     _print(inspect_stage(args.config, args.overrides, args.stage, rows=args.rows))
     return 0
@@ -151,7 +151,7 @@ def cmd_vllm_env(args: argparse.Namespace) -> int:
 
     python = vllm_env(Path(args.root) if args.root else None, force=args.force)
     print(python)
-    print(f"serve with: python -m pedray serve serve.engine=vllm serve.vllm_python={python}", file=sys.stderr)
+    print(f"serve with: python -m pedray serve serve.engine=vllm serve.vllm.python={python}", file=sys.stderr)
     return 0
 
 
@@ -159,11 +159,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pedray.config import load_recipe
     from pedray.serve.run import default_model, start
 
-    overrides = list(args.overrides) + [f"serve.{k}={v}" for k, v in (("host", args.host), ("port", args.port))
+    overrides = list(args.overrides) + [f"serve.http.{k}={v}" for k, v in (("host", args.host), ("port", args.port))
                                         if v is not None]
     recipe = load_recipe(args.config, overrides)
     model = args.model or default_model(recipe)
-    url = f"http://{recipe.serve.host}:{recipe.serve.port}/v1"
+    url = f"http://{recipe.serve.http.host}:{recipe.serve.http.port}/v1"
     print(f"starting: {model} (until it is ready, {url} answers 503)", flush=True)
     stop = threading.Event()
 

@@ -7,13 +7,40 @@ import os
 import warnings
 from pathlib import Path
 
-# Ray Train's placement-group cleaner asks the state API every second whether the controller lives. A
-# private local Ray runs without the dashboard that serves that API, so every query fails and logs a
-# warning (hundreds a demo run). The cleaner only matters when a controller dies ungracefully on a Ray
-# that outlives it; a private Ray ends with its driver, placement groups included.
 # Ray Data's logging layout with a console for warnings only (its INFO lines still go to ray-data.log).
 RAY_DATA_LOGGING = str(Path(__file__).with_name("ray_data_logging.yaml"))
+# With Ray's defaults (PEDRAY_RAY_DEFAULTS=1) the placement-group cleaner below warns every second.
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+# Ray Train helpers that a private local Ray has no use for (README "Ray's fixed cost" has what each
+# costs): each Train run would otherwise start them again, polling all run long.
+# PEDRAY_RAY_DEFAULTS=1 keeps Ray's defaults (the throughput bench compares the two).
+# - the preemption watcher: an actor per run polling every 5 s for a cloud provider's notice that a spot
+#   node is about to go; a laptop is not preempted (a value the user set wins);
+LEAN_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# - the controller's and workers' metrics (report and checkpoint timings), made for the Prometheus export
+#   of a dashboard that a private Ray does not start;
+# - the placement-group cleaner: a detached actor per run asking the state API every second whether the
+#   controller lives, to free the run's reserved CPUs should it die on a Ray that outlives it. A private
+#   Ray ends with its driver, reservations included (and has no state API: every question fails).
+LEAN_TRAIN_CALLBACKS = ("ControllerMetricsCallback", "WorkerMetricsCallback", "PlacementGroupCleanerCallback")
+# Ray core's own bookkeeping in every process (a dozen on a one-worker stage, each woken every second or
+# so), for tools a private Ray without the dashboard does not run. On 2 cores, in an A/B of three sft
+# stages each, both off took the other processes from 0.089 to 0.078 cores (README "Ray's fixed cost"):
+# - metrics (Prometheus counters of tasks, objects, gRPC calls), exported to the dashboard agent;
+# - task events (each task's and actor's state changes), sent to the GCS every second for the state API,
+#   `ray list`, the dashboard and `ray timeline`.
+LEAN_SYSTEM_CONFIG = {"enable_metrics_collection": False, "task_events_report_interval_ms": 0}
+_lean = False  # whether the Ray this process started is private and runs without those helpers
+
+
+def lean() -> bool:
+    """Whether this process runs a private local Ray that pedray started without Ray Train's helpers
+    for shared clusters (above). Never with the dashboard (`pedray tune`: Tune stops a trial by killing
+    its controller, and the cleaner frees the trial's CPUs for the next one)."""
+    import ray
+
+    return _lean and ray.is_initialized()
 
 
 class KnownNoise(logging.Filter):
@@ -34,15 +61,21 @@ class KnownNoise(logging.Filter):
 def quiet_workers() -> None:
     """Runs first in every worker process of a private local Ray (Ray's worker_process_setup_hook): what
     is configured away here is known noise, each for the reason given; warnings that can be real stay."""
-    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
+    _quiet_loggers()
     # The cleaner finds "its" cluster through RAY_ADDRESS, else by scanning the host: with two Ray
     # instances on one machine (a second run, a test) the scan fails and its thread dies with a traceback.
+    # Only in workers, which end with their Ray: in a driver it would outlive ray.shutdown() and send the
+    # next ensure_ray() to a cluster that is gone.
     import ray
 
     try:
         os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     except Exception:  # not connected yet: the scan it falls back to is Ray's default
         pass
+
+
+def _quiet_loggers() -> None:
+    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
     # (Ray Train's INFO lines are kept off the console by the stage's LoggingConfig, Ray Data's by
     # RAY_DATA_LOGGING_CONFIG: both still reach their log files.)
     # Ray Data warns about its own deprecated option, set by Ray Train's dataset manager, not by us.
@@ -74,8 +107,10 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """
     import ray
 
+    global _lean
     if ray.is_initialized():
         return
+    _lean = False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level="ERROR")
     else:
@@ -89,12 +124,15 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
                 env["DS_ACCELERATOR"] = "cpu"  # said, so DeepSpeed does not warn that it fell back to the CPU
         except ImportError:
             pass
+        _lean = not dashboard and os.environ.get("PEDRAY_RAY_DEFAULTS", "0") == "0"
+        if _lean:
+            env.update({key: os.environ.get(key, value) for key, value in LEAN_TRAIN_ENV.items()})
         loopback_only()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level="ERROR",
+                 logging_level="ERROR", _system_config=LEAN_SYSTEM_CONFIG if _lean else None,
                  runtime_env={"worker_process_setup_hook": "pedray.cluster.quiet_workers", "env_vars": env})
         if not dashboard:
-            quiet_workers()  # the driver's own Ray Data and Train loggers too
+            _quiet_loggers()  # the driver's own Ray Data and Train loggers too
     if os.environ.get("RAY_DATA_LOGGING_CONFIG") == RAY_DATA_LOGGING:
         from ray.data._internal.logging import configure_logging
 

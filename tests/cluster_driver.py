@@ -94,9 +94,9 @@ def main() -> None:
     out["workers_removed"] = sum(1 for node in ray.nodes()
                                  if not node["Alive"] and "node:__internal_head__" not in node["Resources"])
     recipe = load_recipe(REPO / "jobs" / "tiny.yaml", [
-        f"serve.port={port}", "serve.min_replicas=1", "serve.max_replicas=2", "serve.target_ongoing_requests=1",
-        "serve.upscale_delay_s=1", "serve.downscale_delay_s=3", "serve.autoscale_window_s=3",
-        "serve.expert_cpus=0.5", "serve.max_batch_size=2"])
+        f"serve.http.port={port}", "serve.replicas.min=1", "serve.replicas.max=2", "serve.replicas.target_ongoing_requests=1",
+        "serve.replicas.upscale_delay_s=1", "serve.replicas.downscale_delay_s=3", "serve.replicas.window_s=3",
+        "serve.replicas.cpus=0.5", "serve.replicas.max_batch_size=2"])
     url = start(model, recipe)
     samples: list[int] = []
     stop, scaled_up = threading.Event(), threading.Event()

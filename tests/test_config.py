@@ -36,6 +36,11 @@ def test_recipe_inherits_from_base_and_overrides_apply():
     ("data.pack=yes please", ["data.pack", "bool"]),
     ("stages.cpt.mu=5", ["stages.cpt.mu", "not used by cpt", "only dfpo"]),
     ("stages.mouse.beta=0.5", ["stages.mouse.beta", "only dfpo"]),
+    ("serve.port=8001", ["'serve.port' is now 'serve.http.port'"]),
+    ("serve.min_replicas=2", ["'serve.min_replicas' is now 'serve.replicas.min'"]),
+    ("serve.vllm_python=/x", ["'serve.vllm_python' is now 'serve.vllm.python'"]),
+    ("serve.replicas.min=3", ["serve", "need 0 <= min <= max"]),
+    ("serve.http.port=0", ["serve.http", "port must be in 1..65535"]),
 ])
 def test_wrong_override_names_key_and_allowed(override, words):
     with pytest.raises(ConfigError) as err:
@@ -44,6 +49,15 @@ def test_wrong_override_names_key_and_allowed(override, words):
     assert "tiny.yaml" in message
     for word in words:
         assert word in message
+
+
+def test_serve_settings_by_concern():
+    recipe = load_recipe(JOBS / "default.yaml", ["serve.http.port=8001", "serve.replicas.min=2", "serve.replicas.max=4",
+                                                 "serve.vllm.kv_cache_gib=2", "serve.requests.presence_penalty=0.5"])
+    serve = recipe.serve
+    assert (serve.http.port, serve.http.host, serve.engine) == (8001, "127.0.0.1", "hf")
+    assert (serve.replicas.min, serve.replicas.max, serve.replicas.cpus) == (2, 4, 0.25)  # cpus from default.yaml
+    assert (serve.vllm.kv_cache_gib, serve.requests.presence_penalty) == (2, 0.5)
 
 
 def test_wrong_key_in_file_names_the_file(tmp_path):

@@ -86,7 +86,7 @@ def test_stream_mode_is_deterministic_and_differs_from_file_order(ray_local, sma
 
 def test_pedray_data_previews_as_many_rows_as_asked_for_pairs_too(ray_local, small_corpus, tiny_model_dir):
     """`pedray data --rows N` over more than one batch of 64 (dfpo raised IndexError at 65)."""
-    from pedray.data.preview import inspect_stage
+    from pedray.preview import inspect_stage
 
     overrides = [f"data.corpus_dir={small_corpus}", f"model.path={tiny_model_dir}", "data.seq_len=256", "data.max_prompt_len=128"]
     pairs = inspect_stage(None, overrides, "dfpo", rows=65)

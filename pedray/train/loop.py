@@ -310,7 +310,8 @@ class StageLoop:
         progress report to Ray Train is due."""
         reduced, due = window.reduce(report_due)
         self.metrics = {f"{self.stage}/{key}": value for key, value in reduced.items()}
-        self.metrics.update({f"{self.stage}/lr": self.engine.lr, "step": self.state.step})
+        # time: the window's end on the wall clock (profilers line the history up with other processes)
+        self.metrics.update({f"{self.stage}/lr": self.engine.lr, "step": self.state.step, "time": time.time()})
         self.state.history.append(self.metrics)
         if self.rank == 0:
             progress.show(self.state.step, self.metrics[f"{self.stage}/loss"], self.engine.lr,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pedray import storage
+from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean
 from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
 from pedray.plots import saved_figure
@@ -120,8 +121,15 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
     config = {"recipe": recipe, "stage": stage, "upstream": str(upstream),
               "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
-    return TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
-                        datasets=datasets)
+    trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
+                           datasets=datasets)
+    if lean():
+        # Ray Train's helpers for shared clusters, left out on a private Ray (pedray.cluster.lean says why).
+        # tests/test_train.py checks that no cleaner starts, should Ray rename what is wrapped here.
+        defaults = trainer._create_default_callbacks
+        trainer._create_default_callbacks = lambda: [
+            callback for callback in defaults() if type(callback).__name__ not in LEAN_TRAIN_CALLBACKS]
+    return trainer
 
 
 def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, fingerprint: str) -> dict:

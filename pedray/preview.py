@@ -1,4 +1,5 @@
-"""`pedray data`: streams a stage's dataset through Ray Data and previews what a training worker would see."""
+"""`pedray data`, a command over a stage (beside `pedray.tune`): streams a stage's dataset through Ray Data
+and previews what a training worker would see."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from pedray.cluster import ensure_ray
+from pedray.config import load_recipe
 from pedray.data.columns import IGNORE_INDEX
+from pedray.model.build import load_tokenizer
+from pedray.train.stages import STAGE_SPECS  # the command's one question to the stage registry
+from pedray.workspace import base_model_dir, stage_dataset
 
 
 def describe_row(tokenizer, input_ids: np.ndarray, labels: np.ndarray) -> dict[str, str]:
@@ -16,12 +22,6 @@ def describe_row(tokenizer, input_ids: np.ndarray, labels: np.ndarray) -> dict[s
 
 
 def inspect_stage(config: str | None, overrides: list[str], stage: str, rows: int = 1) -> dict[str, Any]:
-    from pedray.cluster import ensure_ray
-    from pedray.config import load_recipe
-    from pedray.model.build import load_tokenizer
-    from pedray.train.stages import STAGE_SPECS  # the command's one question to the stage registry
-    from pedray.workspace import base_model_dir, stage_dataset
-
     recipe = load_recipe(config, overrides)
     ensure_ray()
     model_dir = base_model_dir(recipe)
