@@ -27,10 +27,11 @@ LEAN_TRAIN_CALLBACKS = ("ControllerMetricsCallback", "WorkerMetricsCallback", "P
 # Ray core's own bookkeeping in every process (a dozen on a one-worker stage, each woken every second or
 # so), for tools a private Ray without the dashboard does not run. On 2 cores, in an A/B of three sft
 # stages each, both off took the other processes from 0.089 to 0.078 cores (README "Ray's fixed cost"):
-# - metrics (Prometheus counters of tasks, objects, gRPC calls), exported to the dashboard agent;
+# - metrics (Prometheus counters of tasks, objects, gRPC calls), exported to the dashboard agent (kept
+#   for `pedray serve`, whose router counts requests per route as a Ray metric);
 # - task events (each task's and actor's state changes), sent to the GCS every second for the state API,
 #   `ray list`, the dashboard and `ray timeline`.
-LEAN_SYSTEM_CONFIG = {"enable_metrics_collection": False, "task_events_report_interval_ms": 0}
+LEAN_SYSTEM_CONFIG = {"task_events_report_interval_ms": 0, "enable_metrics_collection": False}
 _lean = False  # whether the Ray this process started is private and runs without those helpers
 
 
@@ -56,6 +57,17 @@ class KnownNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(fragment in message for fragment in self.FRAGMENTS)
+
+
+def map_without_restarts(dataset, fn, **kwargs):
+    """`dataset.map_batches(fn, **kwargs)` on an actor pool whose actors are not restarted: a model that
+    dies fails its job with its own error. Ray Data restarts a pool's actors by default, and Ray's core
+    worker then says on the console (an E line) that a restart would fail should the constructor's
+    arguments be gone from the object store. Ray 2.60 takes `max_restarts` only as an extra keyword,
+    which it also calls deprecated (for 2.64; pyproject pins 2.60): that warning is silenced, here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(fn, max_restarts=0, **kwargs)
 
 
 def quiet_workers() -> None:
@@ -98,12 +110,13 @@ def loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+def ensure_ray(num_cpus: int | None = None, dashboard: bool = False, metrics: bool = False) -> None:
     """Connect to RAY_ADDRESS when set, else start a private local Ray on loopback only (never a stale
     cluster file).
 
     `dashboard`: also start the dashboard, whose state API Ray Train's placement-group cleaner needs
     when a Train run's owner is killed (as Tune does with a finished or stopped trial).
+    `metrics`: keep Ray's metrics on a private Ray (LEAN_SYSTEM_CONFIG turns them off).
     """
     import ray
 
@@ -121,15 +134,18 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
             import torch
 
             if not torch.cuda.is_available():
-                env["DS_ACCELERATOR"] = "cpu"  # said, so DeepSpeed does not warn that it fell back to the CPU
+                # said, so DeepSpeed does not warn that it fell back to the CPU (the driver imports it too)
+                env["DS_ACCELERATOR"] = os.environ.setdefault("DS_ACCELERATOR", "cpu")
         except ImportError:
             pass
         _lean = not dashboard and os.environ.get("PEDRAY_RAY_DEFAULTS", "0") == "0"
+        system = None
         if _lean:
             env.update({key: os.environ.get(key, value) for key, value in LEAN_TRAIN_ENV.items()})
+            system = dict(LEAN_SYSTEM_CONFIG, enable_metrics_collection=metrics)
         loopback_only()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level="ERROR", _system_config=LEAN_SYSTEM_CONFIG if _lean else None,
+                 logging_level="ERROR", _system_config=system,
                  runtime_env={"worker_process_setup_hook": "pedray.cluster.quiet_workers", "env_vars": env})
         if not dashboard:
             _quiet_loggers()  # the driver's own Ray Data and Train loggers too

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pedray import storage
+from pedray.cluster import map_without_restarts
 from pedray.model.build import load_model, load_tokenizer
 from pedray.model.mouse_io import is_adapter, load_mouse, read_config
 from pedray.storage import local_copy
@@ -116,13 +117,9 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
 
     count, cpus = actor_layout(actors)
     dataset = ray.data.from_items(_sorted(items), override_num_blocks=max(count, len(items) // batch_size or 1))
-    answered = dataset.map_batches(
-        Generator, batch_size=batch_size, batch_format="numpy", num_cpus=cpus,
+    answered = map_without_restarts(
+        dataset, Generator, batch_size=batch_size, batch_format="numpy", num_cpus=cpus,
         compute=ray.data.ActorPoolStrategy(size=count),
-        # Ray Data restarts a pool's actors by default, and Ray warns on the console that a restart would
-        # fail should the constructor's arguments be gone from the object store. A generator that dies
-        # fails the evaluation with its own error instead.
-        max_restarts=0,
         fn_constructor_kwargs={"model_dir": str(storage.as_location(model_dir) if storage.is_uri(model_dir)
                                                  else Path(model_dir).resolve()), "max_new_tokens": max_new_tokens,
                                "threads": cpus},

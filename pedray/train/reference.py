@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pedray import storage
+from pedray.cluster import map_without_restarts
 from pedray.losses import sequence_logps
 from pedray.model.build import load_model, load_tokenizer
 from pedray.train.stages import collate_pairs
@@ -49,9 +50,10 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
         return out
     import ray
 
-    scored = dataset.map_batches(ReferenceScorer, batch_size=batch_size, batch_format="numpy",
-                                 compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, fn_constructor_kwargs={"model_dir": str(model_dir),
-                                                                     "trust_remote_code": trust_remote_code})
+    scored = map_without_restarts(dataset, ReferenceScorer, batch_size=batch_size, batch_format="numpy",
+                                  compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+                                  fn_constructor_kwargs={"model_dir": str(model_dir),
+                                                         "trust_remote_code": trust_remote_code})
     path, filesystem = storage.arrow(out)
     scored.write_parquet(path, filesystem=filesystem)
     storage.write_text(marker, "ok")
