@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
+from common import cpu_kind  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import torch  # noqa: E402
 
@@ -145,14 +145,16 @@ def ray_stage(model_dir: Path, corpus: Path, out: Path, steps: int, precision: s
     history = json.loads(Path(manifest["paths"]["history"]).read_text())
     # One window a step. As in every row the first quarter of the steps is warm-up (here also the Ray
     # Data pipeline tokenising ahead of the model); the last window is left out too.
-    windows = history[max(1, steps // 4):-1] or history
-    steady = [h["sft/tokens_per_s"] for h in windows]
-    # the steady windows on the wall clock: from the end of the last warm-up step to the end of the last one kept
-    span = (history[history.index(windows[0]) - 1]["time"] if windows[0] is not history[0] else None, windows[-1]["time"])
+    warm = max(1, steps // 4)
+    windows = history[warm:-1]
+    steady = [h["sft/tokens_per_s"] for h in windows or history]
+    # the steady windows on the wall clock: from the end of the last warm-up step to the end of the last one
+    # kept (None without steady windows)
+    span = (history[warm - 1]["time"], windows[-1]["time"]) if windows else (None, None)
     # the stage's fixed cost: from the call to the end of its first step less one steady step (workers,
     # pipeline, model and DeepSpeed set up), and from the last step to the return (final checkpoint, export,
     # teardown)
-    step_s = (windows[-1]["time"] - span[0]) / len(windows) if span[0] is not None else 0.0
+    step_s = (span[1] - span[0]) / len(windows) if windows else 0.0
     return {"tokens_per_s": statistics.mean(steady), "steps": steps, "windows": len(steady), "span": span,
             "start_s": round(history[0]["time"] - called - step_s, 2),
             "end_s": round(returned - history[-1]["time"], 2)}
@@ -243,7 +245,8 @@ def main() -> None:
     per_token = flops_per_token(model_dir, 512)
 
     results = {"data": "medical_sft_1k", "model": args.size, "precision": args.precision,
-               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_fast_here": bf16_fast,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_kind(),
+               "bf16_fast_here": bf16_fast,
                "seq_len": 512, "sequences_per_step": 8, "threads": threads, "flops_per_token": per_token,
                "steps_per_row": steps, "rounds": rounds,
                "matmul_ceiling_gflops": {k: round(v, 1) for k, v in ceilings.items()}}
@@ -258,8 +261,9 @@ def main() -> None:
         os.environ["PEDRAY_RAY_DEFAULTS"] = "1" if defaults else "0"
         ensure_ray(num_cpus=2)
         try:
-            row = ray_stage(model_dir, corpus, work / f"run{index}{'-defaults' if defaults else ''}", steps, args.precision, args.workers,
-                            8 // args.workers, args.zero_stage)
+            out = work / f"run{index}{'-defaults' if defaults else ''}"
+            row = ray_stage(model_dir, corpus, out, steps, args.precision, args.workers, 8 // args.workers,
+                            args.zero_stage)
         finally:
             ray.shutdown()
             if sampler is not None:
@@ -320,7 +324,7 @@ def main() -> None:
     if peer_row in results:
         versus, results["pedray_vs_llamafactory_per_round"] = ratio("pedray_sft_ray_deepspeed", peer_row)
         # With AMX LLaMA-Factory's bf16 run (autocast) is far from the ceiling, and the bar is higher.
-        amx = "amx" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else False
+        amx = "amx_bf16" in results["cpu"]["flags"]
         bar = 1.2 if amx else 1.0
         checks.append({"name": "pedray_vs_llamafactory_best" + ("_amx" if amx else ""), "value": round(versus, 3),
                        "target": f">= {bar}", "met": versus >= bar})

@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pedray.config.checks import check as _check
 from pedray.config.serve import ServeConfig
 from pedray.vocab import STAGES, TASKS
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass
