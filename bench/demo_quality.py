@@ -7,7 +7,12 @@ times the whole run. Checks (issue #21): the final model loops in at most 5% of 
 rep-4 at most 0.03, and from sft on no stage is worse than the one before it on looping share or
 ROUGE-L (cpt is a text model: its answers are next to empty and are not compared), for both seeds; and
 the run's wall time. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
-also runs with `scaling.precision=fp32` unless `--precision auto` is given, and says which kind it ran on.
+also runs with `scaling.precision=fp32` unless `--precision auto` is given, and checks an *estimate*
+for AVX2: the minutes measured here times this CPU's fp32 matmul ceiling (2 threads, measured in the same
+run) over the AVX2 machine's, derived from `bench/results/train_throughput_cpu_avx2_2cores.json`.
+(Forcing AVX2 code paths here, `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`, does not stand in for
+that machine: on the AMD EPYC seen here it ran fp32 matmuls as fast as with AVX-512, 213 GFLOP/s on two
+cores against the AVX2 machine's 110.)
 
     python bench/demo_quality.py [--quick] [--seeds 0 1] [--config jobs/default.yaml] [key=value ...]
 
@@ -29,6 +34,26 @@ from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray,
 from pedray.vocab import STAGES  # noqa: E402
 
 TARGETS = {"looping": 0.05, "rep4": 0.03, "minutes_avx2_fp32": 15.0}
+AVX2_RESULT = ROOT / "bench" / "results" / "train_throughput_cpu_avx2_2cores.json"
+
+
+def avx2_ceiling() -> float | None:
+    """GFLOP/s of the AVX2 machine's fp32 matmuls on 2 threads: its plain loop's FLOPs over its MFU there."""
+    if not AVX2_RESULT.is_file():
+        return None
+    results = json.loads(AVX2_RESULT.read_text(encoding="utf-8"))["results"]
+    if results.get("precision") != "fp32":
+        return None
+    loop = results["plain_loop_1proc"]
+    return loop["tokens_per_s"] * results["flops_per_token"] / loop["mfu_vs_best_ceiling"] / 1e9
+
+
+def fp32_ceiling() -> float:
+    """GFLOP/s of fp32 matmuls on 2 threads here (the throughput bench's measure), in a process of its own."""
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from train_throughput import matmul_ceiling; "
+            "print(matmul_ceiling(torch.float32, 2))")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "bench")], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def run_demo(config: str, seed: int, out: Path, extra: list[str], stages: str | None = None) -> tuple[float, int, str]:
@@ -56,12 +81,13 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
                        "same_answer": round(degeneration.get("same_answer", 0.0), 4),
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
                        "right_condition": degeneration["condition_correct"],
-                       "wrong_step": degeneration.get("wrong_step")}
+                       "wrong_step": degeneration.get("wrong_step"), "wrong_flag": degeneration.get("wrong_flag"),
+                       "wrong_system": degeneration.get("wrong_system")}
     return rows
 
 
 def checks_for(seed: int, stages: dict[str, dict[str, float]], seconds: float, fp32_budget: bool,
-               kind: str = "") -> list[dict]:
+               kind: str = "", speed_vs_avx2: float | None = None) -> list[dict]:
     checks = []
     final = stages.get("mouse") or stages.get(max(stages, key=STAGES.index)) if stages else None
     checks.append({"name": f"seed {seed}: final looping share", "value": final and final["looping"],
@@ -76,11 +102,19 @@ def checks_for(seed: int, stages: dict[str, dict[str, float]], seconds: float, f
         checks.append({"name": f"seed {seed}: {after} ROUGE-L no lower than {before}", "value": [a["rougeL"], b["rougeL"]],
                        "target": "after >= before", "met": b["rougeL"] >= a["rougeL"]})
     if fp32_budget:
-        # the budget is set for the slowest kind seen (AVX2 only, fp32); on a faster kind this is indicative
-        where = "on AVX2, the budget's kind" if kind == "avx2" else f"in fp32 on {kind or 'this CPU'}, not the budget's kind (AVX2)"
-        checks.append({"name": f"seed {seed}: run minutes {where}",
-                       "value": round(seconds / 60, 2), "target": f"<= {TARGETS['minutes_avx2_fp32']} on AVX2",
-                       "met": seconds / 60 <= TARGETS["minutes_avx2_fp32"]})
+        # the budget is set for the slowest kind seen (AVX2 only, fp32): measured there, estimated elsewhere
+        target = f"<= {TARGETS['minutes_avx2_fp32']} on AVX2"
+        if kind == "avx2":
+            checks.append({"name": f"seed {seed}: run minutes on AVX2, the budget's kind", "value": round(seconds / 60, 2),
+                           "target": target, "met": seconds / 60 <= TARGETS["minutes_avx2_fp32"]})
+        elif speed_vs_avx2:
+            minutes = seconds / 60 * speed_vs_avx2
+            checks.append({"name": f"seed {seed}: run minutes on AVX2, estimated ({seconds / 60:.2f} measured in fp32 "
+                                   f"on {kind or 'this CPU'} x {speed_vs_avx2:.2f}, its fp32 matmul speed over AVX2's)",
+                           "value": round(minutes, 2), "target": target, "met": minutes <= TARGETS["minutes_avx2_fp32"]})
+        else:
+            checks.append({"name": f"seed {seed}: run minutes on AVX2 (not measurable: no AVX2 reference result)",
+                           "value": round(seconds / 60, 2), "target": target, "met": None})
     return checks
 
 
@@ -100,6 +134,12 @@ def main() -> int:
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="demo-quality-"))
     results = {"config": config, "overrides": args.overrides, "cpu": cpu_kind(), "precision": args.precision, "seeds": {}}
     checks: list[dict] = []
+    kind = results["cpu"]["flags"].split(",")[0] if results["cpu"]["flags"] else ""
+    speed_vs_avx2 = None
+    if args.precision == "fp32" and not args.quick and kind != "avx2" and avx2_ceiling():
+        here = fp32_ceiling()
+        speed_vs_avx2 = here / avx2_ceiling()
+        results["fp32_matmul_gflops"] = {"here": round(here, 1), "avx2_reference": round(avx2_ceiling(), 1)}
     for seed in args.seeds:
         out = base / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +154,7 @@ def main() -> int:
                   f"ROUGE-L {row['rougeL']:5.2f}", file=sys.stderr)
         if status != 0:
             print(tail, file=sys.stderr)
-        kind = results["cpu"]["flags"].split(",")[0] if results["cpu"]["flags"] else ""
-        checks += checks_for(seed, stages, seconds, args.precision == "fp32" and not args.quick, kind)
+        checks += checks_for(seed, stages, seconds, args.precision == "fp32" and not args.quick, kind, speed_vs_avx2)
         checks.append({"name": f"seed {seed}: run exits 0", "value": status, "target": 0, "met": status == 0})
     print(json.dumps({"bench": "demo_quality", "results": results, "checks": checks}, ensure_ascii=False))
     return 0

@@ -70,6 +70,31 @@ def map_without_restarts(dataset, fn, **kwargs):
         return dataset.map_batches(fn, max_restarts=0, **kwargs)
 
 
+def settle_cpus(timeout_s: float = 15.0) -> bool:
+    """On a private local Ray, wait until every CPU is free again (at most `timeout_s`); whether they are.
+
+    A Train run or an actor pool that has finished (an evaluation, the reference scoring) gives its CPUs
+    back a moment after its last result. Work started in that moment finds fewer free: an evaluation
+    sizes its pool by the CPUs free and would take one replica instead of two, and Ray Data warns that
+    a stage's pipeline "will hang" (it does not: the CPUs come back). On a private Ray nothing else runs,
+    so whatever starts next waits for them. A shared cluster is left alone (others hold CPUs there)."""
+    import time
+
+    import ray
+
+    if not lean():
+        return True
+    deadline = time.monotonic() + timeout_s
+    while (free := ray.available_resources().get("CPU", 0.0)) < (total := ray.cluster_resources().get("CPU", 0.0)) - 1e-6:
+        if time.monotonic() > deadline:
+            # something of ours still holds CPUs it should have given back: worth a line, not a stop
+            logging.getLogger("pedray").warning("%.2f of %.0f CPUs still held after %.0f s; going on", total - free,
+                                                total, timeout_s)
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def quiet_workers() -> None:
     """Runs first in every worker process of a private local Ray (Ray's worker_process_setup_hook): what
     is configured away here is known noise, each for the reason given; warnings that can be real stay."""

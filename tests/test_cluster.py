@@ -24,3 +24,36 @@ def test_a_driver_starts_a_private_ray_again_after_shutdown():
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "42", "1", "42", "False"]
+
+
+SETTLE = """
+import os, ray
+from pedray.cluster import ensure_ray, settle_cpus
+ensure_ray(num_cpus=2)
+
+@ray.remote(num_cpus=1)
+class Holder:
+    def ready(self):
+        return True
+
+holder = Holder.remote()
+ray.get(holder.ready.remote())
+held = settle_cpus(timeout_s=1)   # a CPU is held: a private Ray waits, and says it gave up
+ray.kill(holder)
+free = settle_cpus(timeout_s=60)
+print(held, free, ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU"), flush=True)
+"""
+
+
+def test_settle_waits_for_the_cpus_of_finished_work_on_a_private_ray_only():
+    """An evaluation's actor pool gives its CPUs back a moment after its last answer; the next stage waits
+    for them (else Ray Data warns its pipeline "will hang" and an evaluation sizes its pool too small).
+    On Ray's defaults (a shared cluster's behaviour) it does not wait."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PEDRAY_RAY_DEFAULTS")}
+    done = subprocess.run([sys.executable, "-c", SETTLE], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True", "True"]
+    done = subprocess.run([sys.executable, "-c", SETTLE], capture_output=True, text=True, timeout=180,
+                          env={**env, "PEDRAY_RAY_DEFAULTS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[:2] == ["True", "True"]

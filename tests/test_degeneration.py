@@ -137,3 +137,43 @@ def test_wrong_step_share_in_the_means_and_the_headline():
     assert means["wrong_step"] == pytest.approx(0.5) and means["step_questions"] == 2
     top = headline(score_rows([_row(1, "trerecom", "必要时空气灌肠。", milk), _row(2, "trerecom", milk, milk)]))
     assert top["heldout wrong step %"] == pytest.approx(50)
+
+
+def test_wrong_flags_are_warning_signs_of_another_condition():
+    from pedray.eval.items import wrong_flags
+
+    impetigo = "出现以下情况时要立即就医：1. 皮疹范围迅速扩大 2. 发热和精神差 3. 尿色变深或浮肿"
+    # read in a demo answer: impetigo's warning signs answered with those of a suppurative tonsillitis
+    answer = "出现以下情况时要立即就医：1. 张口困难或流口水 2. 一侧咽部明显隆起"
+    assert wrong_flags(answer, impetigo, "脓疱疮出现哪些情况需要马上去医院？") == ["张口困难或流口水", "一侧咽部明显隆起"]
+    assert wrong_flags(impetigo, impetigo) == []
+    # a condition the question names allows its warning signs; no warning sign in the reference: not judged
+    assert wrong_flags(answer, impetigo, "脓疱疮和急性化脓性扁桃体炎怎么区分？") == []
+    assert wrong_flags(answer, "孩子多大了？") is None
+
+
+def test_wrong_systems_place_a_condition_outside_its_own_body_system():
+    from pedray.eval.items import systems_stated, wrong_systems
+
+    reference = "细菌性脑膜炎属于神经系统疾病，常见表现有颈项强直。"
+    # read in a demo answer: meningitis placed among digestive diseases
+    assert wrong_systems("细菌性脑膜炎属于消化系统疾病，常见表现有呕吐。", reference) == [
+        ("bacterial_meningitis", "消化系统疾病")]
+    assert wrong_systems(reference, reference) == []
+    # the textbook's form, with an alias between name and system, is read too
+    assert systems_stated("肠套叠（又称某某）是儿科消化系统疾病中的常见病") == [("intussusception", "消化系统疾病")]
+    assert wrong_systems("细菌性脑膜炎属于消化系统疾病。", "多喝水。") is None
+
+
+def test_wrong_flag_and_system_shares_in_the_means_and_the_headline():
+    reference = "细菌性脑膜炎属于神经系统疾病。如果出现意识障碍、抽搐，请立即就医。"
+    wrong = "细菌性脑膜炎属于消化系统疾病。如果出现果酱样血便、抽搐，请立即就医。"
+    per = [answer_stats(wrong, reference, True), answer_stats(reference, reference, True),
+           answer_stats("多喝水。", "多喝水，多休息。", True)]
+    assert [s["wrong_flag"] for s in per] == [True, False, None]
+    assert [s["wrong_system"] for s in per] == [True, False, None]
+    means = mean_stats(per)
+    assert means["wrong_flag"] == pytest.approx(0.5) and means["flag_questions"] == 2
+    assert means["wrong_system"] == pytest.approx(0.5) and means["system_questions"] == 2
+    top = headline(score_rows([_row(1, "general", wrong, reference), _row(2, "general", reference, reference)]))
+    assert top["heldout wrong flag %"] == pytest.approx(50) and top["heldout wrong system %"] == pytest.approx(50)

@@ -108,3 +108,20 @@ def test_upstream_for_is_the_last_enabled_completed_stage_that_hands_a_model_on(
     assert upstream_for(recipe, "mouse", base="BASE")[1]["stage"] == "sft"
     disabled = load_recipe(None, [f"output_dir={tmp_path}", "stages.sft.enabled=false"])
     assert upstream_for(disabled, "dfpo", base="BASE")[1]["stage"] == "cpt"  # a disabled stage hands nothing on
+
+
+def test_progress_window_reports_the_share_of_time_spent_waiting_for_data():
+    """`data_wait` in every logged step: the share of the window the training thread waited for its next
+    micro-batch (0 when the Ray Data stream keeps up; README "Ray's fixed cost")."""
+    import time
+
+    from pedray.train.loop import _Window
+
+    window = _Window()
+    window.add({"loss": 2.0}, tokens=100)
+    window.add({"loss": 4.0}, tokens=300)
+    window.started = time.perf_counter() - 4.0  # a 4-second window, a quarter of it spent waiting
+    window.waited = 1.0
+    out, due = window.reduce(due=True)
+    assert out["loss"] == 3.0 and due
+    assert 0.2 < out["data_wait"] <= 0.25 and 0 < out["tokens_per_s"] <= 100

@@ -8,7 +8,9 @@ said twice, a milder failure that looping does not count. Shares and rep-n are f
 characters. On our own corpus the condition behind a question is known: `condition_correct` is the share
 of answers that name that condition and no other, over the questions whose reference names it, and
 `wrong_step` the share with a test or treatment item of another condition (`pedray.eval.items`), over
-the questions whose reference has such items.
+the questions whose reference has such items; `wrong_flag` likewise for warning signs, and
+`wrong_system` the share that puts a condition in another body system than its own, over the questions
+whose reference places one.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import re
 from collections import Counter
 from typing import Any, Sequence
 
-from pedray.eval.items import conditions_named, wrong_steps
+from pedray.eval.items import conditions_named, wrong_flags, wrong_steps, wrong_systems
 from pedray.eval.metrics import distinct, segment
 
 REP_NS = (2, 3, 4)
+JUDGED = {"wrong_step": "step_questions", "wrong_flag": "flag_questions", "wrong_system": "system_questions"}
+"""Shares judged only where the reference allows it, and the key of how many answers were judged."""
 LOOP_N, LOOP_TIMES = 4, 3
 
 
@@ -88,8 +92,10 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     stats["truncated"] = not stopped
     stats["length_ratio"] = len(chars) / max(len(characters(reference)), 1)
     stats["condition_correct"] = condition_correct(prediction, reference, question)
-    wrong = wrong_steps(prediction, reference, question)
-    stats["wrong_step"] = None if wrong is None else bool(wrong)
+    for key, wrong in (("wrong_step", wrong_steps(prediction, reference, question)),
+                       ("wrong_flag", wrong_flags(prediction, reference, question)),
+                       ("wrong_system", wrong_systems(prediction, reference))):
+        stats[key] = None if wrong is None else bool(wrong)
     return stats
 
 
@@ -113,7 +119,8 @@ def mean_stats(per_answer: list[dict[str, Any]]) -> dict[str, Any]:
     known = [s["condition_correct"] for s in per_answer if s["condition_correct"] is not None]
     out["condition_correct"] = sum(known) / len(known) if known else None
     out["condition_questions"] = len(known)
-    judged = [s["wrong_step"] for s in per_answer if s.get("wrong_step") is not None]
-    out["wrong_step"] = sum(judged) / len(judged) if judged else None
-    out["step_questions"] = len(judged)
+    for key, count_key in JUDGED.items():
+        judged = [s[key] for s in per_answer if s.get(key) is not None]
+        out[key] = sum(judged) / len(judged) if judged else None
+        out[count_key] = len(judged)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pedray import storage
-from pedray.cluster import map_without_restarts
+from pedray.cluster import map_without_restarts, settle_cpus
 from pedray.model.build import load_model, load_tokenizer
 from pedray.model.mouse_io import is_adapter, load_mouse, read_config
 from pedray.storage import local_copy
@@ -115,6 +115,7 @@ def generate_dataset(items: list[dict[str, str]], model_dir: str | Path, max_new
     """
     import ray.data
 
+    settle_cpus()  # the CPUs of the stage before, back before the pool is sized by them
     count, cpus = actor_layout(actors)
     dataset = ray.data.from_items(_sorted(items), override_num_blocks=max(count, len(items) // batch_size or 1))
     answered = map_without_restarts(

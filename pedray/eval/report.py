@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pedray.eval.degeneration import JUDGED
 from pedray.eval.metrics import METRICS
 from pedray.markdown import table
 from pedray.plots import saved_figure
@@ -39,11 +40,11 @@ def _degeneration_rows(entry: dict[str, Any]) -> list[list[Any]]:
     for name, scores in parts.items():
         d = scores["degeneration"]
         right = "-" if d["condition_correct"] is None else f"{100 * d['condition_correct']:.0f}% of {d['condition_questions']}"
-        wrong = "-" if d.get("wrong_step") is None else f"{100 * d['wrong_step']:.0f}% of {d['step_questions']}"
+        wrong = ["-" if d.get(key) is None else f"{100 * d[key]:.0f}% of {d[count]}" for key, count in JUDGED.items()]
         rows.append([name] + [f"{d[key]:.3f}" for key, _ in DEGENERATION]
                     + [f"{100 * d['looping']:.0f}%", f"{100 * d['repeated_item']:.0f}%",
                        f"{100 * d.get('same_answer', 0.0):.0f}%", f"{100 * d['truncated']:.0f}%",
-                       f"{d['length_ratio']:.2f}", right, wrong])
+                       f"{d['length_ratio']:.2f}", right, *wrong])
     return rows
 
 
@@ -87,10 +88,11 @@ def markdown(report: dict[str, Any]) -> str:
                       "truncated = no end of turn within the budget; "
                       "length = answer / reference characters; right condition = names the question's condition "
                       "and no other; wrong step = has a test or treatment item of a condition that neither the "
-                      "question nor the reference points to.", ""]
+                      "question nor the reference points to; wrong flag = likewise a warning sign; wrong system = "
+                      "puts a condition in another body system than its own.", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
                             + ["looping", "item twice", "same answer", "truncated", "length", "right condition",
-                               "wrong step"],
+                               "wrong step", "wrong flag", "wrong system"],
                             _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))

@@ -95,8 +95,9 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
             if degeneration["condition_correct"] is not None:
                 out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]
-            if degeneration.get("wrong_step") is not None:
-                out[f"{name} wrong step %"] = 100 * degeneration["wrong_step"]
+            for key in ("wrong_step", "wrong_flag", "wrong_system"):
+                if degeneration.get(key) is not None:
+                    out[f"{name} {key.replace('_', ' ')} %"] = 100 * degeneration[key]
         else:
             out[f"{name} accuracy"] = overall["accuracy"]
     return out

@@ -76,6 +76,7 @@ class _Window:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.tokens = 0
+        self.waited = 0.0  # seconds the training thread waited for the data stream's next micro-batch
         self.started = time.perf_counter()
 
     def add(self, metrics: dict[str, Any], tokens: int) -> None:
@@ -89,14 +90,18 @@ class _Window:
         """The window's mean metrics and tokens/s over every rank, and whether any rank says a progress
         report is `due` (every rank must make the same number of `ray.train.report` calls)."""
         keys = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in keys] + [self.count, self.tokens, float(due)],
+        values = torch.tensor([self.sums[k] for k in keys] + [self.waited, self.count, self.tokens, float(due)],
                               dtype=torch.float64)
+        ranks = 1
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(values)
+            ranks = dist.get_world_size()
         count = max(values[-3].item(), 1.0)
         out = {k: values[i].item() / count for i, k in enumerate(keys)}
-        elapsed = time.perf_counter() - self.started
-        out["tokens_per_s"] = values[-2].item() / max(elapsed, 1e-9)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out["tokens_per_s"] = values[-2].item() / elapsed
+        # the share of the window the ranks spent waiting for data (0: the stream keeps up with training)
+        out["data_wait"] = values[-4].item() / (elapsed * ranks)
         return out, values[-1].item() > 0
 
 
@@ -282,7 +287,10 @@ class StageLoop:
         reported = float("-inf")  # when metrics last went to Ray Train (the first progress report goes at once)
         self.engine.engine.train()
         while self.state.step < self.settings.max_steps:
-            tensors, tokens = self.collate(next(self.batches))
+            asked = time.perf_counter()
+            batch = next(self.batches)
+            window.waited += time.perf_counter() - asked
+            tensors, tokens = self.collate(batch)
             loss, step_metrics = self.spec.loss(self.engine.forward, tensors, self.recipe, self.stage)
             stepped = self.engine.backward_and_step(loss)
             window.add(step_metrics, tokens)
