@@ -50,6 +50,11 @@ def test_condition_named_longest_first_and_expected_from_the_diagnosis_or_the_qu
     assert condition_correct("多休息。", "初步诊断：水痘。") is False
     assert condition_correct("水痘或猩红热。", "初步诊断：水痘。") is False
     assert condition_correct("多休息。", "治疗方面：多喝水。", "医生说是水痘") is None   # an empty answer is not right
+    # a comparison: both conditions the question names, and no third (read in a demo answer: 鹅口疮 for 功能性便秘)
+    compare, reference = "功能性便秘和社区获得性肺炎有什么区别？", "功能性便秘：大便干硬。\n社区获得性肺炎：气促。"
+    assert condition_correct("社区获得性肺炎：发热。\n功能性便秘：腹胀。", reference, compare) is True
+    assert condition_correct("社区获得性肺炎：发热。\n鹅口疮：口腔白斑。", reference, compare) is False
+    assert condition_correct("社区获得性肺炎：发热。", "多休息。", compare) is None  # the reference names neither
 
 
 def test_answer_stats_golden_values():

@@ -6,7 +6,8 @@ rep-n = 1 - distinct n-grams / all n-grams of one answer (0 for an answer with n
 times in it; it *repeats an item* when a list item (what stands between 、；：。, line breaks or numbers) is
 said twice, a milder failure that looping does not count. Shares and rep-n are fractions (0..1); `length_ratio` is answer characters over reference
 characters. On our own corpus the condition behind a question is known: `condition_correct` is the share
-of answers that name that condition and no other, over the questions whose reference names it, and
+of answers that name that condition and no other (both conditions of a comparison, and no third), over
+the questions whose reference names it, and
 `wrong_step` the share with a test or treatment item of another condition (`pedray.eval.items`), over
 the questions whose reference has such items; `wrong_flag` likewise for warning signs, and
 `wrong_system` the share that puts a condition in another body system than its own, over the questions
@@ -74,9 +75,16 @@ def expected_condition(reference: str, question: str = "") -> str | None:
 def condition_correct(prediction: str, reference: str, question: str = "") -> bool | None:
     """Whether an answer names the question's condition and no other condition; None where the reference
     does not name it (a treatment answer need not repeat the diagnosis the parent gave, and an empty
-    answer must not count as right)."""
+    answer must not count as right). A question that names several conditions ("手足口病和疱疹性咽峡炎有什么
+    区别？") whose reference names them all is answered right when the answer names exactly those: a
+    comparison that swaps one for a third condition names the wrong one."""
     expected = expected_condition(reference, question)
-    if expected is None or expected not in conditions_named(reference):
+    if expected is None:
+        asked = conditions_named(question)
+        if len(asked) > 1 and asked <= conditions_named(reference):
+            return conditions_named(prediction) == asked
+        return None
+    if expected not in conditions_named(reference):
         return None
     return conditions_named(prediction) == {expected}
 
