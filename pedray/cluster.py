@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 # Ray Data's logging layout with a console for warnings only (its INFO lines still go to ray-data.log).
@@ -93,6 +94,42 @@ def settle_cpus(timeout_s: float = 15.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+@contextmanager
+def own_tasks_hold_the_cpus():
+    """Around a Ray Data write of ours: drop Ray Data's "no available CPUs ... will hang" warning.
+
+    Ray 2.60 writes a dataset through `materialize()`, which runs the plan and at once executes its result
+    again, checking for free CPUs while the first run's own tasks (here the reference model's actor and
+    the write tasks) are still giving theirs back. On 2 cores it finds none and warns of a hang that
+    cannot happen: nothing else holds them. The warning is printed once per process, so the once-flag is
+    reset afterwards: a real shortage later (train workers holding every CPU) is still said."""
+    from ray.util.debug import reset_log_once
+
+    logger = logging.getLogger("ray.data.dataset")
+    own = _Drop("does not have any available CPUs")
+    logger.addFilter(own)
+    try:
+        yield
+    finally:
+        logger.removeFilter(own)
+        if own.dropped:
+            reset_log_once("cpu_warning")
+
+
+class _Drop(logging.Filter):
+    """Drops the records that contain `fragment`, and counts them."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment, self.dropped = fragment, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.fragment in record.getMessage():
+            self.dropped += 1
+            return False
+        return True
 
 
 def quiet_workers() -> None:

@@ -57,3 +57,37 @@ def test_settle_waits_for_the_cpus_of_finished_work_on_a_private_ray_only():
                           env={**env, "PEDRAY_RAY_DEFAULTS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[:2] == ["True", "True"]
+
+
+def test_ray_datas_false_hang_warning_is_dropped_inside_our_own_write_only():
+    """Ray 2.60's write re-executes its result while its own tasks give their CPUs back, and warns of a
+    hang on 2 cores; inside our write that line is dropped, and the once-only warning stays armed for a
+    real shortage later."""
+    import logging
+
+    from ray.util.debug import log_once
+
+    from pedray.cluster import own_tasks_hold_the_cpus
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logger, lines = logging.getLogger("ray.data.dataset"), Lines()
+    logger.addHandler(lines)
+    message = "Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang"
+    try:
+        with own_tasks_hold_the_cpus():
+            if log_once("cpu_warning"):  # what Ray Data's Dataset._execute does
+                logger.warning(message)
+            logger.warning("another warning")
+        assert lines.lines == ["another warning"]
+        if log_once("cpu_warning"):
+            logger.warning(message)
+        assert lines.lines == ["another warning", message]
+    finally:
+        logger.removeHandler(lines)
