@@ -136,10 +136,11 @@ def main() -> int:
     checks: list[dict] = []
     kind = results["cpu"]["flags"].split(",")[0] if results["cpu"]["flags"] else ""
     speed_vs_avx2 = None
-    if args.precision == "fp32" and not args.quick and kind != "avx2" and avx2_ceiling():
+    there = avx2_ceiling() if args.precision == "fp32" and not args.quick and kind != "avx2" else None
+    if there:
         here = fp32_ceiling()
-        speed_vs_avx2 = here / avx2_ceiling()
-        results["fp32_matmul_gflops"] = {"here": round(here, 1), "avx2_reference": round(avx2_ceiling(), 1)}
+        speed_vs_avx2 = here / there
+        results["fp32_matmul_gflops"] = {"here": round(here, 1), "avx2_reference": round(there, 1)}
     for seed in args.seeds:
         out = base / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,16 @@ class KnownNoise(logging.Filter):
     FRAGMENTS = ("Progress bars disabled", "Progress bars for operators disabled",
                  "learning rate from scheduler before it has started")
 
+    def __init__(self, fragments: tuple[str, ...] = FRAGMENTS) -> None:
+        super().__init__()
+        self.fragments, self.dropped = fragments, 0
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(fragment in message for fragment in self.FRAGMENTS)
+        if any(fragment in message for fragment in self.fragments):
+            self.dropped += 1
+            return False
+        return True
 
 
 def map_without_restarts(dataset, fn, **kwargs):
@@ -74,11 +81,10 @@ def map_without_restarts(dataset, fn, **kwargs):
 def settle_cpus(timeout_s: float = 15.0) -> bool:
     """On a private local Ray, wait until every CPU is free again (at most `timeout_s`); whether they are.
 
-    A Train run or an actor pool that has finished (an evaluation, the reference scoring) gives its CPUs
-    back a moment after its last result. Work started in that moment finds fewer free: an evaluation
-    sizes its pool by the CPUs free and would take one replica instead of two, and Ray Data warns that
-    a stage's pipeline "will hang" (it does not: the CPUs come back). On a private Ray nothing else runs,
-    so whatever starts next waits for them. A shared cluster is left alone (others hold CPUs there)."""
+    A Train run or an actor pool that has finished gives its CPUs back a moment after its last result.
+    An evaluation sizes its pool by the CPUs free when it starts, and started in that moment it would take
+    one replica instead of two. On a private Ray nothing else runs, so it waits for them. A shared
+    cluster is left alone (others hold CPUs there)."""
     import time
 
     import ray
@@ -98,17 +104,18 @@ def settle_cpus(timeout_s: float = 15.0) -> bool:
 
 @contextmanager
 def own_tasks_hold_the_cpus():
-    """Around a Ray Data write of ours: drop Ray Data's "no available CPUs ... will hang" warning.
+    """Around a Ray Data `materialize()` of ours (a write goes through one too): drop Ray Data's "no
+    available CPUs ... will hang" warning.
 
-    Ray 2.60 writes a dataset through `materialize()`, which runs the plan and at once executes its result
-    again, checking for free CPUs while the first run's own tasks (here the reference model's actor and
-    the write tasks) are still giving theirs back. On 2 cores it finds none and warns of a hang that
-    cannot happen: nothing else holds them. The warning is printed once per process, so the once-flag is
-    reset afterwards: a real shortage later (train workers holding every CPU) is still said."""
+    Ray 2.60's `materialize` runs the plan and at once executes its result again, checking for free CPUs
+    while the first run's own tasks (the reference model's actor, the write or tokenising tasks) are still
+    giving theirs back. On 2 cores it finds none and warns of a hang that cannot happen: nothing else
+    holds them. The warning is printed once per process, so the once-flag is reset afterwards: a real
+    shortage later (train workers holding every CPU) is still said."""
     from ray.util.debug import reset_log_once
 
     logger = logging.getLogger("ray.data.dataset")
-    own = _Drop("does not have any available CPUs")
+    own = KnownNoise(("does not have any available CPUs",))
     logger.addFilter(own)
     try:
         yield
@@ -116,20 +123,6 @@ def own_tasks_hold_the_cpus():
         logger.removeFilter(own)
         if own.dropped:
             reset_log_once("cpu_warning")
-
-
-class _Drop(logging.Filter):
-    """Drops the records that contain `fragment`, and counts them."""
-
-    def __init__(self, fragment: str) -> None:
-        super().__init__()
-        self.fragment, self.dropped = fragment, 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.fragment in record.getMessage():
-            self.dropped += 1
-            return False
-        return True
 
 
 def quiet_workers() -> None:

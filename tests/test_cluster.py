@@ -46,9 +46,9 @@ print(held, free, ray.available_resources().get("CPU") == ray.cluster_resources(
 
 
 def test_settle_waits_for_the_cpus_of_finished_work_on_a_private_ray_only():
-    """An evaluation's actor pool gives its CPUs back a moment after its last answer; the next stage waits
-    for them (else Ray Data warns its pipeline "will hang" and an evaluation sizes its pool too small).
-    On Ray's defaults (a shared cluster's behaviour) it does not wait."""
+    """A finished actor pool or Train run gives its CPUs back a moment after its last result; an evaluation
+    waits for them (else it sizes its pool too small). On Ray's defaults (a shared cluster's behaviour) it
+    does not wait."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PEDRAY_RAY_DEFAULTS")}
     done = subprocess.run([sys.executable, "-c", SETTLE], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -138,7 +138,7 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     for noise in ("core_worker.cc", "Setting accelerator to CPU",
                   "Reporting training result", "Execution plan of Dataset", "Starting execution of Dataset",
                   "PlacementGroupCleaner", "Checkpoint successfully created", "Progress bars disabled",
-                  "will hang"):  # Ray Data's no-free-CPU warning (racy before runner._computed)
+                  "will hang"):  # Ray Data's no-free-CPU warning (racy before cluster.own_tasks_hold_the_cpus)
         assert noise not in console, noise
     assert "Ray's full logs" in second.stdout
     # A private Ray runs no helper meant for shared clusters (pedray.cluster.lean): no actor process for them

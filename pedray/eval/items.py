@@ -107,12 +107,10 @@ def wrong_flags(prediction: str, reference: str, question: str = "") -> list[str
 def _system_pattern() -> tuple[re.Pattern, dict[str, str], dict[str, str]]:
     """"<condition>(alias)属于<group>" / "<condition>(alias)是儿科<group>": the corpus's two ways of placing one."""
     conditions, _ = load_knowledge()
-    names = {c.name: c.id for c in conditions}
+    named, names = _condition_pattern()
     groups = {c.id: c.group for c in conditions}
-    name_alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    group_alt = "|".join(re.escape(g) for g in sorted(set(groups.values()), key=len, reverse=True))
-    pattern = re.compile(rf"({name_alt})(?:（[^）]*）)?(?:属于|是儿科)({group_alt})")
-    return pattern, names, groups
+    system = _longest_first(set(groups.values()))
+    return re.compile(rf"({named.pattern})(?:（[^）]*）)?(?:属于|是儿科)({system.pattern})"), names, groups
 
 
 def systems_stated(text: str) -> list[tuple[str, str]]:

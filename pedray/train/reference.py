@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pedray import storage
-from pedray.cluster import map_without_restarts, own_tasks_hold_the_cpus, settle_cpus
+from pedray.cluster import map_without_restarts, own_tasks_hold_the_cpus
 from pedray.losses import sequence_logps
 from pedray.model.build import load_model, load_tokenizer
 from pedray.train.stages import collate_pairs
@@ -57,7 +57,6 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
     path, filesystem = storage.arrow(out)
     with own_tasks_hold_the_cpus():
         scored.write_parquet(path, filesystem=filesystem)
-    settle_cpus()  # the scorer's CPU back before the stage's training pipelines start
     storage.write_text(marker, "ok")
     return out
 

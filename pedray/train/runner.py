@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pedray import storage
-from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean, settle_cpus
+from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean, own_tasks_hold_the_cpus
 from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
 from pedray.plots import saved_figure
@@ -160,20 +160,10 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
         if name == "eval":
             # Computed once, here: the loop re-reads it at every evaluation, and a second live pipeline
             # would share (and on a small cluster starve) the CPUs the training stream needs.
-            dataset = _computed(dataset)
+            with own_tasks_hold_the_cpus():
+                dataset = dataset.materialize()
         datasets[name] = dataset
     return datasets
-
-
-def _computed(dataset):
-    """The dataset computed once and kept in the object store, as `materialize()` does, without its second
-    pass: in Ray 2.60 `materialize` runs the plan, then executes the result again to fill a cache, at once,
-    while the first run's tasks are still giving their CPUs back. On 2 cores Ray Data then finds none free
-    and warns that the job "will hang" (it does not, and nothing else holds them); on a bigger machine the
-    same race is silent. Iterating the blocks runs the plan once, and they are Arrow tables already."""
-    import ray.data
-
-    return ray.data.from_arrow_refs([ref for bundle in dataset.iter_internal_ref_bundles() for ref in bundle.block_refs])
 
 
 def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path,
@@ -187,7 +177,6 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
         stage_dir = Path(stage_dir).resolve()
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
     started = time.time()
-    settle_cpus()  # an evaluation's pool just finished: its CPUs back before the pipelines start
     datasets = stage_datasets(recipe, stage, upstream, stage_dir, fingerprint)
     result = _trainer(recipe, stage, upstream, datasets, f"{stage}-{fingerprint}", callbacks).fit()
     if result.checkpoint is None:
