@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray, offline)
+from pedray.eval.degeneration import JUDGED  # noqa: E402
 from pedray.vocab import STAGES  # noqa: E402
 
 TARGETS = {"looping": 0.05, "rep4": 0.03, "minutes_avx2_fp32": 15.0}
@@ -81,8 +82,7 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
                        "same_answer": round(degeneration.get("same_answer", 0.0), 4),
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
                        "right_condition": degeneration["condition_correct"],
-                       "wrong_step": degeneration.get("wrong_step"), "wrong_flag": degeneration.get("wrong_flag"),
-                       "wrong_system": degeneration.get("wrong_system")}
+                       **{key: degeneration.get(key) for key in JUDGED}}
     return rows
 
 

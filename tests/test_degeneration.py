@@ -182,3 +182,26 @@ def test_wrong_flag_and_system_shares_in_the_means_and_the_headline():
     assert means["wrong_system"] == pytest.approx(0.5) and means["system_questions"] == 2
     top = headline(score_rows([_row(1, "general", wrong, reference), _row(2, "general", reference, reference)]))
     assert top["heldout wrong flag %"] == pytest.approx(50) and top["heldout wrong system %"] == pytest.approx(50)
+
+
+def test_wrong_ages_state_another_patient_age_than_the_case():
+    from pedray.eval.items import ages_stated, wrong_ages
+
+    reference = "您好，分析：患儿7个月，以夜惊烦躁为主要表现。多汗、枕秃。\n初步诊断：维生素D缺乏性佝偻病。"
+    # read in demo answers: a 7-month-old analysed as "1岁半", a newborn on its third day as "3个月"
+    assert wrong_ages("描述。分析：患儿1岁半，以夜惊烦躁为主要表现。", reference) == ["1岁半"]
+    assert wrong_ages("分析：患儿3个月，以黄疸为主要表现。", "分析：患儿出生第3天，以黄疸从面部开始为主要表现。") == ["3个月"]
+    assert wrong_ages(reference, reference) == []
+    assert ages_stated("分析：患儿出生第3天，黄疸多在生后二到三天出现；患儿2岁半") == ["出生第3天", "2岁半"]
+    # an illness's duration is not the patient's age; an answer stating none is not wrong; no age: not judged
+    assert ages_stated("病程约一周自愈；三个月以下婴儿发热要就医") == []
+    assert wrong_ages("分析：以夜惊烦躁为主要表现。", reference) == []
+    assert wrong_ages("患儿1岁。", "多喝水。") is None
+    per = [answer_stats("分析：患儿1岁，以夜惊为主。", reference, True), answer_stats(reference, reference, True),
+           answer_stats("多喝水。", "多喝水，多休息。", True)]
+    assert [s["wrong_age"] for s in per] == [True, False, None]
+    means = mean_stats(per)
+    assert means["wrong_age"] == pytest.approx(0.5) and means["age_questions"] == 2
+    top = headline(score_rows([_row(1, "evidiag", "分析：患儿1岁，以夜惊为主。", reference),
+                               _row(2, "evidiag", reference, reference)]))
+    assert top["heldout wrong age %"] == pytest.approx(50)

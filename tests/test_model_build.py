@@ -29,6 +29,21 @@ def test_common_chinese_characters_are_whole_tokens(tiny_tokenizer):
     assert split == []
 
 
+def test_an_age_reads_as_the_same_tokens_in_the_question_and_the_answer(tiny_tokenizer):
+    # the unit is a token of its own, not merged with what follows it ("个月了", "岁半男童"): the model can
+    # copy an age from the question token by token (README "Model quality", wrong age)
+    def pieces(text):
+        return [tiny_tokenizer.decode([i]) for i in tiny_tokenizer.encode(text, add_special_tokens=False)]
+
+    for question, answer, age in [("我家男童10个月了，这一天吃奶少", "分析：患儿10个月，以吃奶少为主要表现", "10个月"),
+                                  ("3岁半男童，两天前开始发热", "分析：患儿3岁半，以发热为主要表现", "3岁半")]:
+        run = pieces(age)
+        asked, answered = pieces(question), pieces(answer)
+        assert any(asked[i:i + len(run)] == run for i in range(len(asked))), asked
+        assert any(answered[i:i + len(run)] == run for i in range(len(answered))), answered
+    assert tiny_tokenizer.decode(tiny_tokenizer.encode("体温38.5度两天", add_special_tokens=False)) == "体温38.5度两天"
+
+
 def test_chat_template_has_system_user_assistant_roles(tiny_tokenizer):
     messages = [{"role": "system", "content": "系统"}, {"role": "user", "content": "问"},
                 {"role": "assistant", "content": "答"}]

@@ -51,8 +51,13 @@ def evidiag(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
 def trerecom(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
     """Diagnosis (with age) -> treatment and home-care recommendation."""
     age = ph.format_age(ph.sample_age(rng, cond))
-    question = rng.choice(ph.TREAT_QUESTIONS).format(age=age, child=rng.choice(ph.CHILD), name=cond.name)
-    body = ("治疗方面：" + ph.listing(rng, ph.pick(rng, cond.management, 2)) + "\n居家护理："
+    template = rng.choice(ph.TREAT_QUESTIONS)
+    question = template.format(age=age, child=rng.choice(ph.CHILD), name=cond.name)
+    # The answer restates the case as a doctor would ("患儿7个月，水痘。") when the question gives the age:
+    # reading the child's age off the question is learned only by doing it often enough (README "Model
+    # quality", wrong age).
+    case = f"患儿{age}，{cond.name}。\n" if "{age}" in template else ""
+    body = (case + "治疗方面：" + ph.listing(rng, ph.pick(rng, cond.management, 2)) + "\n居家护理："
             + ph.join(ph.pick(rng, cond.home_care, 2)))
     return [("user", question), ("assistant", ph.warm(rng, body, cond))]
 
@@ -65,7 +70,7 @@ def dialogue(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
              ("assistant", rng.choice(ph.OPENERS) + "想再了解一些情况：孩子多大了？还有没有其他不舒服？"
               "精神和吃喝怎么样？"),
              ("user", f"{ph.format_age(months)}了，" + "，".join(rest) + "，精神还可以。"),
-             ("assistant", f"结合孩子的年龄和{first}等表现，要考虑{cond.name}的可能。"
+             ("assistant", f"患儿{ph.format_age(months)}，结合年龄和{first}等表现，要考虑{cond.name}的可能。"
               + ph.join(ph.pick(rng, cond.diagnosis, 1, 2)) + "建议到医院做" + "、".join(ph.pick(rng, cond.exams, 1, 2))
               + "以明确诊断。")]
     if rng.random() < 0.7:

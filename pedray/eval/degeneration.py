@@ -11,7 +11,8 @@ the questions whose reference names it, and
 `wrong_step` the share with a test or treatment item of another condition (`pedray.eval.items`), over
 the questions whose reference has such items; `wrong_flag` likewise for warning signs, and
 `wrong_system` the share that puts a condition in another body system than its own, over the questions
-whose reference places one.
+whose reference places one; `wrong_age` the share that states another patient age than the reference
+does ("患儿1岁半" for a 7-month-old), over the questions whose reference states one.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import re
 from collections import Counter
 from typing import Any, Sequence
 
-from pedray.eval.items import conditions_named, wrong_flags, wrong_steps, wrong_systems
+from pedray.eval.items import conditions_named, wrong_ages, wrong_flags, wrong_steps, wrong_systems
 from pedray.eval.metrics import distinct, segment
 
 REP_NS = (2, 3, 4)
-JUDGED = {"wrong_step": "step_questions", "wrong_flag": "flag_questions", "wrong_system": "system_questions"}
+JUDGED = {"wrong_step": "step_questions", "wrong_flag": "flag_questions", "wrong_system": "system_questions",
+          "wrong_age": "age_questions"}
 """Shares judged only where the reference allows it, and the key of how many answers were judged."""
 LOOP_N, LOOP_TIMES = 4, 3
 
@@ -102,7 +104,8 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     stats["condition_correct"] = condition_correct(prediction, reference, question)
     for key, wrong in (("wrong_step", wrong_steps(prediction, reference, question)),
                        ("wrong_flag", wrong_flags(prediction, reference, question)),
-                       ("wrong_system", wrong_systems(prediction, reference))):
+                       ("wrong_system", wrong_systems(prediction, reference)),
+                       ("wrong_age", wrong_ages(prediction, reference))):
         stats[key] = None if wrong is None else bool(wrong)
     return stats
 

@@ -20,7 +20,9 @@ Warning signs are judged the same way on their own (`wrong_flags`): "脓疱疮�
 answered with the red flags of a peritonsillar abscess names the right kind of thing about the wrong
 child, which neither ROUGE nor wrong step sees. A *wrong system* (`wrong_systems`) is a condition the
 answer places in a body system ("X属于G", "X是儿科G中的常见病") other than its own, judged where the
-reference places its condition.
+reference places its condition. A *wrong age* (`wrong_ages`) is a patient age the answer states
+("分析：患儿1岁半，…" for a 7-month-old) that is not the one its reference states: the case's age is in
+the question, and an answer that gets it wrong has not read the case, whatever its ROUGE.
 """
 
 from __future__ import annotations
@@ -126,3 +128,22 @@ def wrong_systems(prediction: str, reference: str) -> list[tuple[str, str]] | No
         return None
     _, _, groups = _system_pattern()
     return [(cid, group) for cid, group in systems_stated(prediction) if groups[cid] != group]
+
+
+# "患儿7个月", "患儿2岁半", "患儿出生第3天": how an answer states the patient's age (the corpus's analyses
+# do, `corpus.phrasing.format_age`); Arabic or Chinese numerals.
+_AGE = re.compile(r"患儿(出生第[0-9一二三四五六七八九十两]+天|[0-9一二三四五六七八九十两]+(?:个月|岁半|岁|天|周))")
+
+
+def ages_stated(text: str) -> list[str]:
+    """The patient ages a text states ("患儿<age>"), in order."""
+    return _AGE.findall(text)
+
+
+def wrong_ages(prediction: str, reference: str) -> list[str] | None:
+    """The patient ages the answer states that its reference does not; None when the reference states
+    none (nothing to judge by). An answer that states no age is not counted wrong here."""
+    right = set(ages_stated(reference))
+    if not right:
+        return None
+    return [age for age in ages_stated(prediction) if age not in right]

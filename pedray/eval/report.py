@@ -89,10 +89,11 @@ def markdown(report: dict[str, Any]) -> str:
                       "length = answer / reference characters; right condition = names the question's condition "
                       "and no other; wrong step = has a test or treatment item of a condition that neither the "
                       "question nor the reference points to; wrong flag = likewise a warning sign; wrong system = "
-                      "puts a condition in another body system than its own.", ""]
+                      "puts a condition in another body system than its own; wrong age = states another "
+                      "patient age than the reference (judged where the reference states one).", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
                             + ["looping", "item twice", "same answer", "truncated", "length", "right condition",
-                               "wrong step", "wrong flag", "wrong system"],
+                               "wrong step", "wrong flag", "wrong system", "wrong age"],
                             _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable
 
-from pedray.eval.degeneration import answer_stats, mean_stats, same_answer
+from pedray.eval.degeneration import JUDGED, answer_stats, mean_stats, same_answer
 from pedray.eval.answers import extract_choices, extract_judgement
 from pedray.eval.metrics import corpus_scores
 
@@ -95,7 +95,7 @@ def headline(scores: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"{name} rep-4 x100"] = 100 * degeneration["rep4_char"]
             if degeneration["condition_correct"] is not None:
                 out[f"{name} right condition %"] = 100 * degeneration["condition_correct"]
-            for key in ("wrong_step", "wrong_flag", "wrong_system"):
+            for key in JUDGED:
                 if degeneration.get(key) is not None:
                     out[f"{name} {key.replace('_', ' ')} %"] = 100 * degeneration[key]
         else:

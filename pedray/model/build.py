@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,10 @@ def init_model(size: str, out: str | Path, seed: int = 0, max_positions: int = 4
 
 def default_model_dir(size: str, seed: int = 0, cache: str | Path | None = None) -> Path:
     """The embedded default model of `size`, built once into the cache folder and reused."""
-    # the tokenizer is trained on the corpus: a changed generator makes a new default model
-    folder = Path(cache or cache_root()) / f"default-{size}-seed{seed}-{corpus_version()}"
+    # the tokenizer is trained on the corpus: a changed generator, tokenizer or model shape makes a new default model
+    builder = hashlib.sha256(b"".join(Path(__file__).with_name(name).read_bytes()
+                                      for name in ("build.py", "tokenizer.py"))).hexdigest()[:6]
+    folder = Path(cache or cache_root()) / f"default-{size}-seed{seed}-{corpus_version()}{builder}"
     return build_once(folder, lambda out: init_model(size, out, seed=seed), "pedray_model.json")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Iterator
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 PAD = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -19,6 +19,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# A number and its unit are pre-tokens of their own ("10个月" -> "10" "个月"), so that an age or a dose
+# reads as the same tokens in the question and in the answer. Otherwise BPE merges the unit with whatever
+# follows it ("个月了", "岁半男童"), and the model, which learns to copy the number, guesses the unit: the
+# demo model called a 7-month-old "7岁" (README "Model quality", wrong age).
+QUANTITY = Regex(r"[0-9]+(?:\.[0-9]+)?(?:个月|岁半|岁|天|周|小时|分钟|次|度|公斤|毫升|毫克)")
 
 
 def is_cjk(char: str) -> bool:
@@ -52,7 +59,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_char_count: int = 2):
     room = max(0, (vocab_size - 256 - len(SPECIAL_TOKENS)) * 2 // 3)
     characters = [ch for ch, n in counts.most_common() if n >= min_char_count][:room]
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(QUANTITY, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
