@@ -6,7 +6,9 @@ the share of looping answers (some character 4-gram 3+ times), mean rep-4 and he
 times the whole run. Checks (issue #21): the final model loops in at most 5% of its answers with mean
 rep-4 at most 0.03, and from sft on no stage is worse than the one before it on looping share or
 ROUGE-L (cpt is a text model: its answers are next to empty and are not compared), for both seeds; and
-the run's wall time. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
+the run's wall time. Beside each ROUGE-L check it records the paired difference (`rougeL_paired`: mean
+per-answer difference on the same questions, its standard error, answers better and worse), the size of
+noise such a check decides on. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
 also runs with `scaling.precision=fp32` unless `--precision auto` is given, and checks an *estimate*
 for AVX2: the minutes measured here times this CPU's fp32 matmul ceiling (2 threads, measured in the same
 run) over the AVX2 machine's, derived from `bench/results/train_throughput_cpu_avx2_2cores.json`.
@@ -86,6 +88,31 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def paired_rouge(out: Path, before: str, after: str) -> dict[str, float] | None:
+    """ROUGE-L of `after` minus `before`, answer by answer on the same questions: the mean, its standard
+    error, and how many answers got better and worse. A check of one seed on 100 questions decides on
+    differences of this size: the stage-over-stage checks are read with it."""
+    from pedray.eval.metrics import sample_scores
+
+    def per_answer(stage: str) -> dict[str, float]:
+        folder = out / stage / "eval"
+        if not (folder / "answers.jsonl").is_file():
+            return {}
+        rouge = json.loads((folder / "report.json").read_text(encoding="utf-8"))["settings"].get("rouge", "paper")
+        rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+        return {r["id"]: sample_scores(r["prediction"], r["reference"], rouge)["rougeL"]
+                for r in rows if r.get("set") == "heldout"}
+
+    a, b = per_answer(before), per_answer(after)
+    diffs = [b[key] - a[key] for key in a if key in b]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    spread = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return {"mean": round(mean, 2), "se": round(spread / len(diffs) ** 0.5, 2),
+            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "answers": len(diffs)}
+
+
 def checks_for(seed: int, stages: dict[str, dict[str, float]], seconds: float, fp32_budget: bool,
                kind: str = "", speed_vs_avx2: float | None = None) -> list[dict]:
     checks = []
@@ -147,12 +174,18 @@ def main() -> int:
         # --quick: sft -> dfpo only (each stage costs ~20 s of Ray and DeepSpeed start-up on 2 cores)
         seconds, status, tail = run_demo(config, seed, out, extra, "sft,dfpo" if args.quick else None)
         stages = stage_quality(out)
+        chat = [s for s in STAGES[1:] if s in stages]
+        paired = {f"{after} - {before}": paired_rouge(out, before, after) for before, after in zip(chat, chat[1:])}
         results["seeds"][str(seed)] = {"seconds": round(seconds, 1), "exit": status, "stages": stages,
-                                       "output": str(out)}
+                                       "rougeL_paired": paired, "output": str(out)}
         print(f"seed {seed}: exit {status} in {seconds / 60:.1f} min", file=sys.stderr)
         for stage, row in stages.items():
             print(f"  {stage:<6} looping {100 * row['looping']:5.1f}%  rep-4 {row['rep4']:.3f}  "
                   f"ROUGE-L {row['rougeL']:5.2f}", file=sys.stderr)
+        for pair, d in paired.items():
+            if d:
+                print(f"  {pair}: ROUGE-L {d['mean']:+.2f} ± {d['se']:.2f} (paired; {d['better']} answers better, "
+                      f"{d['worse']} worse)", file=sys.stderr)
         if status != 0:
             print(tail, file=sys.stderr)
         checks += checks_for(seed, stages, seconds, args.precision == "fp32" and not args.quick, kind, speed_vs_avx2)
