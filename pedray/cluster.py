@@ -34,13 +34,6 @@ LEAN_TRAIN_CALLBACKS = ("ControllerMetricsCallback", "WorkerMetricsCallback", "P
 #   `ray list`, the dashboard and `ray timeline`.
 LEAN_SYSTEM_CONFIG = {"task_events_report_interval_ms": 0, "enable_metrics_collection": False}
 _lean = False  # whether the Ray this process started is private and runs without those helpers
-# Idle worker processes a private Ray keeps. Ray's default keeps one per CPU and kills the others a
-# second after they idle; Ray Data's read, shuffle and map tasks run in more processes than that on a
-# laptop, so each stage started fresh ones that import pedray, pyarrow and the tokenizer again (4 s of
-# the held-out rows' 4.5 s before each stage on 2 cores; 0.2-0.8 s with them kept; the demo's four
-# stages at 10 steps each: 117 s -> 105 s, README "Ray's fixed cost"). Kept idle, each costs its memory
-# (about 0.2 GB), not CPU.
-KEEP_WORKERS = 16
 
 
 def lean() -> bool:
@@ -201,10 +194,10 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False, metrics: bo
         except ImportError:
             pass
         _lean = not dashboard and os.environ.get("PEDRAY_RAY_DEFAULTS", "0") == "0"
-        system = {"num_workers_soft_limit": max(KEEP_WORKERS, num_cpus or os.cpu_count() or 1)}
+        system = None
         if _lean:
             env.update({key: os.environ.get(key, value) for key, value in LEAN_TRAIN_ENV.items()})
-            system.update(LEAN_SYSTEM_CONFIG, enable_metrics_collection=metrics)
+            system = dict(LEAN_SYSTEM_CONFIG, enable_metrics_collection=metrics)
         loopback_only()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level="ERROR", _system_config=system,

@@ -59,42 +59,6 @@ def test_settle_waits_for_the_cpus_of_finished_work_on_a_private_ray_only():
     assert done.stdout.split()[:2] == ["True", "True"]
 
 
-KEEP = """
-import os, time, ray
-from pedray.cluster import ensure_ray
-ensure_ray(num_cpus=2)
-
-@ray.remote(num_cpus=0.5)
-def pid():
-    time.sleep(1)   # four at once: four worker processes, as Ray Data's read, shuffle and map tasks use
-    return os.getpid()
-
-
-first = set(ray.get([pid.remote() for _ in range(4)]))
-
-@ray.remote(num_cpus=1)
-class Holder:   # a stage's train workers: they hold the CPUs while the task worker idles
-    def ready(self):
-        return True
-
-holders = [Holder.remote() for _ in range(2)]
-ray.get([h.ready.remote() for h in holders])
-time.sleep(4)   # Ray kills surplus idle workers a second after they idle
-for holder in holders:
-    ray.kill(holder)
-print(len(first), set(ray.get([pid.remote() for _ in range(4)])) == first, flush=True)
-"""
-
-
-def test_a_private_ray_keeps_its_idle_task_workers_between_stages():
-    """The next stage's Ray Data tasks run in the processes the last stage's used, which have pedray and the
-    tokenizer imported already, instead of fresh ones (KEEP_WORKERS says what it saves)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PEDRAY_RAY_DEFAULTS")}
-    done = subprocess.run([sys.executable, "-c", KEEP], capture_output=True, text=True, env=env, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["4", "True"]
-
-
 def test_ray_datas_false_hang_warning_is_dropped_inside_our_own_write_only():
     """Ray 2.60's write re-executes its result while its own tasks give their CPUs back, and warns of a
     hang on 2 cores; inside our write that line is dropped, and the once-only warning stays armed for a
