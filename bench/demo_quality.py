@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,9 +108,7 @@ def paired_rouge(out: Path, before: str, after: str) -> dict[str, float] | None:
     diffs = [b[key] - a[key] for key in a if key in b]
     if len(diffs) < 2:
         return None
-    mean = sum(diffs) / len(diffs)
-    spread = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    return {"mean": round(mean, 2), "se": round(spread / len(diffs) ** 0.5, 2),
+    return {"mean": round(statistics.fmean(diffs), 2), "se": round(statistics.stdev(diffs) / len(diffs) ** 0.5, 2),
             "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "answers": len(diffs)}
 
 

@@ -92,8 +92,8 @@ def markdown(report: dict[str, Any]) -> str:
                       "puts a condition in another body system than its own; wrong age = states another "
                       "patient age than the reference (judged where the reference states one).", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
-                            + ["looping", "item twice", "same answer", "truncated", "length", "right condition",
-                               "wrong step", "wrong flag", "wrong system", "wrong age"],
+                            + ["looping", "item twice", "same answer", "truncated", "length", "right condition"]
+                            + [key.replace("_", " ") for key in JUDGED],
                             _degeneration_rows(entry))
         else:
             lines += _table(["part", "accuracy", "correct", "samples", "unparseable"], _objective_rows(entry))
