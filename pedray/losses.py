@@ -170,13 +170,13 @@ def load_balance_loss(gate_weights: torch.Tensor) -> torch.Tensor:
     return experts * (share * mean_gate).sum()
 
 
-def mixture_lm_loss(logits: torch.Tensor, labels: torch.Tensor, gates: list[torch.Tensor],
+def mixture_lm_loss(logits: torch.Tensor, targets: torch.Tensor, gates: list[torch.Tensor],
                     mask: torch.Tensor | None = None, balance_coef: float = 0.0
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Causal LM loss plus the MoUSE load-balancing term: L = L_lm + c * mean_layers(balance(g_layer)).
 
     Args:
-        logits, labels: as in `causal_lm_loss`.
+        logits, targets: at the labelled positions, as in `labelled_lm_loss`.
         gates: one [B, T, E] gate tensor per MoUSE layer (empty in eval: the LM loss alone).
         mask: [B, T] bool, the tokens whose routing counts (padding excluded); None counts all.
         balance_coef: c; 0 still reports the balance term without training on it.
@@ -185,7 +185,7 @@ def mixture_lm_loss(logits: torch.Tensor, labels: torch.Tensor, gates: list[torc
         The loss and metrics: `loss` stays the LM loss (comparable with sft and held-out loss),
         `balance_loss` (1 = uniform load) and `gate_entropy` (nats, log E = uniform gates).
     """
-    loss, metrics = causal_lm_loss(logits, labels)
+    loss, metrics = labelled_lm_loss(logits, targets)
     if not gates:
         return loss, metrics
     picked = [g if mask is None else g[mask] for g in gates]

@@ -195,3 +195,34 @@ def test_eval_cli_writes_json_markdown_chart_and_answers(tmp_path, bench_files, 
 def test_eval_config_is_checked():
     with pytest.raises(ValueError, match="eval.batch_size"):
         EvalConfig(batch_size=0)
+
+
+def test_evaluation_runs_in_the_driver_on_a_private_ray_and_in_a_pool_elsewhere(monkeypatch):
+    from pedray.eval import run
+
+    assert not run.in_driver(EvalConfig())  # no Ray that this process started: the pool
+    monkeypatch.setattr(run, "private", lambda: True)
+    assert run.in_driver(EvalConfig())
+    assert not run.in_driver(EvalConfig(actors=1))  # a pool asked for by its size
+    assert not run.in_driver(EvalConfig(where="actors")) and run.in_driver(EvalConfig(where="driver", actors=1))
+    with pytest.raises(ValueError, match="eval.where"):
+        EvalConfig(where="gpu")
+
+
+def test_chain_evaluation_leaves_the_base_out_when_told_and_answers_in_the_driver(
+        tmp_path, small_corpus, tiny_model_dir, monkeypatch):
+    from pedray.config import load_recipe
+    from pedray.eval import run
+    from pedray.eval.run import ChainEvaluation
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("eval.where=driver started a Ray Data pool")
+
+    monkeypatch.setattr(run, "generate_dataset", no_pool)
+    settings = [f"data.corpus_dir={small_corpus}", "eval.limit=1", "eval.max_new_tokens=4", "eval.where=driver"]
+    skipped = ChainEvaluation(load_recipe(None, settings + [f"output_dir={tmp_path / 'a'}", "eval.base=false"]),
+                              tiny_model_dir)
+    assert skipped.reports == {} and not (tmp_path / "a" / "eval" / "base").exists()
+    kept = ChainEvaluation(load_recipe(None, settings + [f"output_dir={tmp_path / 'b'}"]), tiny_model_dir)
+    assert list(kept.reports) == ["base"] and kept.reports["base"]["generation"]["answers"] == 5
+    assert (tmp_path / "b" / "eval" / "base" / "answers.jsonl").is_file()

@@ -94,3 +94,23 @@ def test_pedray_data_previews_as_many_rows_as_asked_for_pairs_too(ray_local, sma
     assert all(sample["chosen"]["learned"] and sample["rejected"] for sample in pairs["samples"])
     rows = inspect_stage(None, overrides, "sft", rows=70)
     assert len(rows["samples"]) == 70 and 0 < rows["non_padding_fraction"] <= 1
+
+
+def test_reference_scores_in_the_driver_equal_the_actor_pool_s(ray_local, tiny_model_dir, small_corpus, tmp_path,
+                                                                monkeypatch):
+    """dfpo's reference log-probs: scored in the driver (a private Ray) or by a Ray Data actor (a cluster),
+    the same pairs with the same numbers, read back alike."""
+    from pedray.train import reference
+
+    pairs = pref_dataset([small_corpus], str(tiny_model_dir), CFG).limit(12)
+    pooled = reference.read_scored(reference.score_reference(pairs, tiny_model_dir, tmp_path / "pool", batch_size=5))
+    monkeypatch.setattr(reference, "private", lambda: True)
+    here = reference.read_scored(reference.score_reference(pairs, tiny_model_dir, tmp_path / "here", batch_size=5))
+    assert len(list((tmp_path / "pool").glob("*.parquet"))) >= 1 and (tmp_path / "here" / "_complete").is_file()
+    pooled, here = ({tuple(row["chosen_input_ids"]): row for row in d.take_all()} for d in (pooled, here))
+    assert len(here) == 12 and here.keys() == pooled.keys()
+    for key, row in here.items():
+        assert set(row) == set(pooled[key])
+        assert row["ref_chosen_logps"] < 0 and row["ref_rejected_logps"] < 0
+        assert np.isclose(row["ref_chosen_logps"], pooled[key]["ref_chosen_logps"], atol=1e-4)
+        assert np.isclose(row["ref_rejected_logps"], pooled[key]["ref_rejected_logps"], atol=1e-4)

@@ -72,6 +72,23 @@ def test_mouse_changes_experts_and_routers_and_nothing_else(tiny_model_dir, tiny
     assert model.stats.tokens.sum() > 0  # routing statistics were counted while training
 
 
+def test_mouse_loss_runs_the_head_only_at_labelled_positions_for_the_same_value(tiny_model_dir, tiny_tokenizer):
+    from pedray.losses import causal_lm_loss
+    from pedray.model.build import load_model
+
+    recipe = load_recipe(None, ["lora.rank=4"])
+    model = STAGE_SPECS["mouse"].prepare(load_model(tiny_model_dir), recipe).eval()
+    batch = _packed_batch(tiny_tokenizer)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    loss, _ = STAGE_SPECS["mouse"].loss(selective_forward(model, model), batch, recipe, "mouse")
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert seen == [(labelled, model.config.vocab_size)]  # not [B, T, V]
+    full = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], task_ids=batch["task_ids"],
+                 use_cache=False).logits
+    torch.testing.assert_close(loss, causal_lm_loss(full, batch["labels"])[0])
+
+
 def test_pairs_collate_chosen_then_rejected_right_padded():
     batch = {"chosen_input_ids": np.array([np.array([1, 2, 3]), np.array([4, 5])], dtype=object),
              "chosen_labels": np.array([np.array([-100, 2, 3]), np.array([-100, 5])], dtype=object),

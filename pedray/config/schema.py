@@ -236,10 +236,17 @@ class EvalConfig:
     """Evaluate on the held-out split of the training corpus, per task."""
     after_stages: bool = True
     """train_all evaluates the base model and every stage's model, and ends with a comparison table."""
+    base: bool = True
+    """With after_stages: the base model too, as the table's first row (the demo leaves out its randomly
+    initialised model, whose row says nothing)."""
     batch_size: int = 32
     """Questions per batched, KV-cached generate call."""
     actors: int = 0
     """Model replicas in the Ray Data actor pool (0: one per free CPU)."""
+    where: str = "auto"
+    """Where answers are generated: `actors` (a Ray Data actor pool, any cluster), `driver` (this process,
+    every CPU's threads) or `auto`: the driver on a private local Ray that pedray started, unless
+    `actors` is set; else the pool."""
     rouge: str = "paper"
     """ROUGE implementation: `paper` (the `rouge` package, as the paper's code; comparable with its table)
     or `rouge-chinese` (splits sentences at 。！？; ROUGE-L differs by several points)."""
@@ -249,6 +256,7 @@ class EvalConfig:
         _check(self.limit >= 0, "eval.limit must be >= 0 (0 = all)")
         _check(self.batch_size >= 1, "eval.batch_size must be positive")
         _check(self.actors >= 0, "eval.actors must be >= 0 (0 = one per free CPU)")
+        _check(self.where in ("auto", "driver", "actors"), "eval.where must be 'auto', 'driver' or 'actors'")
         _check(self.rouge in ("paper", "rouge-chinese"), "eval.rouge must be 'paper' or 'rouge-chinese'")
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from pedray import storage
 from pedray.config.schema import EvalConfig
-from pedray.eval.generate import generate_dataset
+from pedray.cluster import private
+from pedray.eval.generate import generate_dataset, generate_local
 from pedray.eval.report import bar_chart, markdown, stage_table
 from pedray.eval.score import annotate, headline, samples, score_rows
 from pedray.eval.sets import load_sets
@@ -46,9 +47,22 @@ def evaluate(model_dir: str | Path, items: list[dict[str, str]], cfg: EvalConfig
         return _evaluate(model_dir, items, cfg, out, identity, out_dir)
 
 
+def in_driver(cfg: EvalConfig) -> bool:
+    """Whether answers are generated in this process (`eval.where`). On a private local Ray the driver
+    has the machine's CPUs to itself between stages, and a Ray Data actor pool would start its
+    processes, import torch and load the model for every evaluation: 5 of the 7-8 s that each of the
+    demo's evaluations took in a pool."""
+    if cfg.where != "auto":
+        return cfg.where == "driver"
+    return cfg.actors == 0 and private()
+
+
 def _evaluate(model_dir, items, cfg: EvalConfig, out: Path, identity: str, location) -> dict[str, Any]:
     started = time.time()
-    rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
+    if in_driver(cfg):
+        rows = generate_local(items, model_dir, cfg.max_new_tokens, cfg.batch_size)
+    else:
+        rows = generate_dataset(items, model_dir, cfg.max_new_tokens, cfg.batch_size, cfg.actors)
     seconds = time.time() - started
     rows = sorted((annotate(row) for row in rows), key=lambda row: row["id"])
     with (out / "answers.jsonl").open("w", encoding="utf-8") as handle:
@@ -77,7 +91,7 @@ def recipe_items(recipe, sets: list[str] | None = None) -> list[dict[str, str]]:
 
 
 class ChainEvaluation:
-    """train_all's evaluation: the base model first, then each stage's model as it completes, on the same
+    """train_all's evaluation: the base model first (`eval.base`), then each stage's model as it completes, on the same
     questions; `finish` writes the comparison.
 
     Reports go to `<output>/<stage>/eval/` (the base model's to `<output>/eval/base/`); one whose model
@@ -88,7 +102,8 @@ class ChainEvaluation:
         self.recipe, self.output = recipe, storage.as_location(recipe.output_dir)
         self.items = recipe_items(recipe)
         self.reports: dict[str, dict[str, Any]] = {}
-        self.model("base", base, f"base:{base}", storage.join(self.output, "eval", "base"))
+        if recipe.eval.base:
+            self.model("base", base, f"base:{base}", storage.join(self.output, "eval", "base"))
 
     def model(self, name: str, model_dir: str | Path, identity: str, out: str | Path) -> dict[str, Any]:
         report = read_report(out, settings_key(model_dir, self.items, self.recipe.eval, identity))

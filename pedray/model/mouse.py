@@ -153,6 +153,10 @@ class MouseModel(nn.Module):
     def config(self):
         return self.model.config
 
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The wrapped model's output head (`pedray.model.selective` restricts it to the labelled positions)."""
+        return self.model.get_output_embeddings()
+
     def layers(self) -> dict[str, MouseLinear]:
         """The MoUSE layers by the name of the linear layer they wrap, in forward order."""
         return {name: self.model.get_submodule(name) for name in self.targets}

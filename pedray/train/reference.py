@@ -3,7 +3,9 @@
 Why a batch pass rather than a frozen copy in every train worker: the copy would double each
 worker's model memory (decisive for a 7B model under ZeRO-3) and recompute the same numbers on
 every epoch and every restart. The pass runs once, its result is written to Parquet next to the
-stage, and a resumed or repeated dfpo run reads it back.
+stage, and a resumed or repeated dfpo run reads it back. On a private local Ray the driver scores
+(every CPU is free before the stage starts), as the evaluation generates there: a one-actor pool
+started a process, imported torch and loaded the model for each of the stage's two splits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from pedray import storage
-from pedray.cluster import map_without_restarts, own_tasks_hold_the_cpus
+from pedray.cluster import map_without_restarts, own_tasks_hold_the_cpus, private
 from pedray.losses import sequence_logps
 from pedray.model.build import load_model, load_tokenizer
 from pedray.train.stages import collate_pairs
@@ -48,6 +50,10 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
     marker = storage.join(out, "_complete")
     if storage.read_text(marker) is not None:
         return out
+    if private():
+        _score_here(dataset, model_dir, out, batch_size, trust_remote_code)
+        storage.write_text(marker, "ok")
+        return out
     import ray
 
     scored = map_without_restarts(dataset, ReferenceScorer, batch_size=batch_size, batch_format="numpy",
@@ -59,6 +65,27 @@ def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size:
         scored.write_parquet(path, filesystem=filesystem)
     storage.write_text(marker, "ok")
     return out
+
+
+def _score_here(dataset, model_dir: str | Path, out: str | Path, batch_size: int, trust_remote_code: bool) -> None:
+    """`score_reference` in this process: the same scorer over the same batches, one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    scorer = ReferenceScorer(str(model_dir), trust_remote_code)
+    tables = []
+    for table in dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        scored = scorer({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})
+        for name in ("ref_chosen_logps", "ref_rejected_logps"):
+            table = table.append_column(name, pa.array(scored[name]))
+        tables.append(table)
+    if not tables:
+        raise ValueError(f"no preference pairs to score for {storage.display(out)}")
+    path, filesystem = storage.arrow(out)
+    filesystem = filesystem or fs.LocalFileSystem()
+    filesystem.create_dir(path, recursive=True)
+    pq.write_table(pa.concat_tables(tables), f"{path}/part-00000.parquet", filesystem=filesystem)
 
 
 def read_scored(folder: str | Path):

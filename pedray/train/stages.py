@@ -73,17 +73,16 @@ def _with_unlikelihood(loss, metrics, logits, targets, keep, position_ids, weigh
 
 
 def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
-    """LM loss over answers plus the experts' load-balancing term (gates are kept only while training)."""
-    output = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                     task_ids=batch.get("task_ids"), use_cache=False)
-    mask = batch["task_ids"] >= 0 if "task_ids" in batch else None
-    loss, metrics = mixture_lm_loss(output.logits, batch["labels"], getattr(output, "gates", []), mask,
-                                    recipe.lora.balance_coef)
-    weight = recipe.stage(stage).unlikelihood
-    if weight <= 0:
-        return loss, metrics
+    """LM loss over answers (the output head only where a label is taken, as in `lm_loss`) plus the
+    experts' load-balancing term (gates are kept only while training)."""
     keep, targets = next_token_targets(batch["labels"])
-    return _with_unlikelihood(loss, metrics, output.logits[keep], targets, keep, batch["position_ids"], weight)
+    output = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                     task_ids=batch.get("task_ids"), use_cache=False, logits_at=keep)
+    mask = batch["task_ids"] >= 0 if "task_ids" in batch else None
+    loss, metrics = mixture_lm_loss(output.logits, targets, getattr(output, "gates", []), mask,
+                                    recipe.lora.balance_coef)
+    return _with_unlikelihood(loss, metrics, output.logits, targets, keep, batch["position_ids"],
+                              recipe.stage(stage).unlikelihood)
 
 
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
