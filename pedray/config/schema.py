@@ -235,7 +235,8 @@ class EvalConfig:
     heldout: bool = True
     """Evaluate on the held-out split of the training corpus, per task."""
     after_stages: bool = True
-    """train_all evaluates the base model and every stage's model, and ends with a comparison table."""
+    """train_all evaluates every stage's model (and the base model first, `base`), and ends with a
+    comparison table."""
     base: bool = True
     """With after_stages: the base model too, as the table's first row (the demo leaves out its randomly
     initialised model, whose row says nothing)."""
