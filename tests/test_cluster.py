@@ -91,3 +91,39 @@ def test_ray_datas_false_hang_warning_is_dropped_inside_our_own_write_only():
         assert lines.lines == ["another warning", message]
     finally:
         logger.removeHandler(lines)
+
+
+
+REAP = """
+import atexit, os, time, psutil, ray
+from pedray.cluster import ensure_ray, reap_dead_actors
+ensure_ray(num_cpus=1)
+
+@ray.remote(num_cpus=0)
+class Hanger:
+    def pid(self, hang):
+        if hang:  # the process outlives its actor, as Ray's exit handler deadlock makes it do
+            atexit.register(time.sleep, 3600)
+        return os.getpid()
+
+hung, ended, live = Hanger.remote(), Hanger.remote(), Hanger.remote()
+pids = [ray.get(hung.pid.remote(True)), ray.get(ended.pid.remote(False)), ray.get(live.pid.remote(True))]
+del hung, ended  # out of scope: Ray ends both actors; `live` stays
+time.sleep(3)
+running = lambda: [psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids]
+print("before", running(), flush=True)
+print("killed", reap_dead_actors() == [pids[0]])
+time.sleep(0.5)
+print("after", running())
+"""
+
+
+def test_an_actor_process_that_hangs_on_exit_is_killed_by_pid_and_a_live_one_is_not():
+    """Ray 2.60's core worker can deadlock in its exit handler and leave an actor's process (400 MB) behind
+    the session: reap_dead_actors kills the process of an actor the GCS has as dead, by PID, and leaves
+    a live actor's process alone."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", REAP], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["before [True, False, True]", "killed True", "after [False, False, True]"], \
+        done.stdout + done.stderr[-2000:]

@@ -226,3 +226,39 @@ def test_chain_evaluation_leaves_the_base_out_when_told_and_answers_in_the_drive
     kept = ChainEvaluation(load_recipe(None, settings + [f"output_dir={tmp_path / 'b'}"]), tiny_model_dir)
     assert list(kept.reports) == ["base"] and kept.reports["base"]["generation"]["answers"] == 5
     assert (tmp_path / "b" / "eval" / "base" / "answers.jsonl").is_file()
+
+
+def test_chain_evaluation_answers_in_the_background_and_raises_its_error_when_waited_for(
+        tmp_path, small_corpus, tiny_model_dir, monkeypatch):
+    """In the driver a stage's evaluation runs while the next stage starts: `stage` returns at once, `finish`
+    waits for it, and an evaluation's error is raised there rather than lost."""
+    import threading
+
+    from pedray.config import load_recipe
+    from pedray.eval import run
+    from pedray.eval.run import ChainEvaluation
+
+    threads, real = [], run.generate_local
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "generate_local", recorded)
+    settings = [f"data.corpus_dir={small_corpus}", "eval.limit=1", "eval.max_new_tokens=4", "eval.where=driver",
+                "eval.base=false", f"output_dir={tmp_path}"]
+    evaluation = ChainEvaluation(load_recipe(None, settings), tiny_model_dir)
+    manifest = {"paths": {"model": str(tiny_model_dir)}, "fingerprint": "sft-1"}
+    evaluation.stage("sft", manifest)
+    assert evaluation.pending is not None
+    table = evaluation.finish()
+    assert threads and threads[0].startswith("pedray-eval") and threads[0] != threading.main_thread().name
+    assert "| sft |" in table and (tmp_path / "sft" / "eval" / "answers.jsonl").is_file()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model folder is gone")
+
+    monkeypatch.setattr(run, "generate_local", broken)
+    evaluation.stage("dfpo", dict(manifest, fingerprint="dfpo-1"))
+    with pytest.raises(RuntimeError, match="the model folder is gone"):
+        evaluation.finish()

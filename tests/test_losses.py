@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pedray.losses import (causal_lm_loss, dfpo_loss, labelled_lm_loss, load_balance_loss, next_token_targets,
+from pedray.losses import (causal_lm_loss, dfpo_loss, labelled_lm_loss, labelled_sequence_logps, load_balance_loss, next_token_targets,
                            sequence_logps, token_logps)
 
 
@@ -31,6 +31,19 @@ def test_token_logps_match_cross_entropy():
     torch.testing.assert_close(logps, reference * mask)
     total, count = sequence_logps(logits, labels)
     assert count.tolist() == [3, 5]
+
+
+def test_labelled_sequence_logps_equal_sequence_logps_on_the_kept_logits():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 7, 13), torch.randint(0, 13, (4, 7))
+    labels[0, :4] = -100
+    labels[2, 2:5] = -100
+    labels[3] = -100  # a row without a labelled token: 0 and 0
+    keep, targets = next_token_targets(labels)
+    full, count = sequence_logps(logits, labels)
+    picked, lengths = labelled_sequence_logps(logits[keep], targets, keep)
+    torch.testing.assert_close(picked, full)
+    assert lengths.tolist() == count.tolist() == [3, 6, 3, 0]
 
 
 def test_labelled_lm_loss_equals_causal_lm_loss_on_the_kept_logits():

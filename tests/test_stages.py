@@ -89,6 +89,37 @@ def test_mouse_loss_runs_the_head_only_at_labelled_positions_for_the_same_value(
     torch.testing.assert_close(loss, causal_lm_loss(full, batch["labels"])[0])
 
 
+def test_dfpo_loss_runs_the_head_only_at_answer_tokens_for_the_same_value(tiny_model_dir, tiny_tokenizer):
+    """The preference loss (DPO term, following NLL and the chosen answers' unlikelihood term) from logits at
+    the answers' tokens only equals the same loss computed from the full [B, T, V] logits."""
+    from pedray.corpus.generate import preferences
+    from pedray.data.tokenize import encode_preferences
+    from pedray.losses import dfpo_loss, next_token_targets, sequence_logps, unlikelihood_loss
+    from pedray.model.build import load_model
+
+    recipe = load_recipe(None, ["stages.dfpo.unlikelihood=2.0", "stages.dfpo.mu=5.0"])
+    model = load_model(tiny_model_dir).eval()
+    columns = encode_preferences(tiny_tokenizer, preferences(0, 4), 256, 192)
+    rows = {key: np.array(column + [None], dtype=object)[:-1] for key, column in columns.items()}  # ragged rows
+    half = len(rows["chosen_input_ids"])
+    rows.update(ref_chosen_logps=np.linspace(-40.0, -20.0, half), ref_rejected_logps=np.linspace(-45.0, -22.0, half))
+    batch, _ = collate_pairs(rows, torch.device("cpu"), tiny_tokenizer.pad_token_id)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    loss, metrics = STAGE_SPECS["dfpo"].loss(selective_forward(model, model), batch, recipe, "dfpo")
+    assert seen == [(int((batch["labels"][:, 1:] != -100).sum()), model.config.vocab_size)]  # not [B, T, V]
+
+    full = model(input_ids=batch["input_ids"], use_cache=False).logits  # the computation before the change
+    logps, lengths = sequence_logps(full, batch["labels"])
+    expected, _ = dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
+                            lengths[:half], beta=recipe.stage("dfpo").beta, mu=5.0)
+    keep, targets = next_token_targets(batch["labels"][:half])
+    positions = torch.arange(keep.shape[1]).expand_as(keep)
+    penalty, _ = unlikelihood_loss(full[:half][keep], targets, keep, positions)
+    torch.testing.assert_close(loss, expected + 2.0 * penalty)
+    assert penalty > 0
+
+
 def test_pairs_collate_chosen_then_rejected_right_padded():
     batch = {"chosen_input_ids": np.array([np.array([1, 2, 3]), np.array([4, 5])], dtype=object),
              "chosen_labels": np.array([np.array([-100, 2, 3]), np.array([-100, 5])], dtype=object),

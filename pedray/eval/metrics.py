@@ -15,6 +15,7 @@ is scored even when the reference is empty.
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -68,6 +69,13 @@ def rouge_f(hypothesis: list[str], truth: list[str], implementation: str = "pape
 def sample_scores(prediction: str, reference: str, rouge: str = "paper") -> dict[str, float]:
     """Every metric for one prediction against one reference, x100 (all zero for an empty prediction;
     only Distinct, which needs no reference, for an empty reference)."""
+    return dict(_sample_scores(prediction, reference, rouge))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_scores(prediction: str, reference: str, rouge: str) -> dict[str, float]:
+    # Cached: a report scores every answer once for its set and again for its task (1.5 s of the demo's
+    # 2-3 s per stage went to scoring before); callers get a copy.
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from nltk.translate.gleu_score import sentence_gleu
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ class ChainEvaluation:
         self.recipe, self.output = recipe, storage.as_location(recipe.output_dir)
         self.items = recipe_items(recipe)
         self.reports: dict[str, dict[str, Any]] = {}
+        self.pending: Future | None = None
         if recipe.eval.base:
             self.model("base", base, f"base:{base}", storage.join(self.output, "eval", "base"))
 
@@ -113,11 +115,29 @@ class ChainEvaluation:
         self.reports[name] = report
         return report
 
-    def stage(self, stage: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        return self.model(stage, storage.as_location(manifest["paths"]["model"]), manifest["fingerprint"],
-                          storage.join(self.output, stage, "eval"))
+    def stage(self, stage: str, manifest: dict[str, Any]) -> None:
+        """Evaluate `stage`'s model: in the background where answers are generated in the driver (`in_driver`),
+        so that the next stage starts meanwhile. Its first seconds (Ray Train's controller and worker
+        starting and importing torch, transformers and DeepSpeed) leave a core idle; the answers are
+        greedy, the same either way. One evaluation runs at a time; `finish` waits for the last."""
+        self.wait()
+        args = (stage, storage.as_location(manifest["paths"]["model"]), manifest["fingerprint"],
+                storage.join(self.output, stage, "eval"))
+        if not in_driver(self.recipe.eval):
+            self.model(*args)
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pedray-eval")
+        self.pending = pool.submit(self.model, *args)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def wait(self) -> None:
+        """Wait for a background evaluation (its error, if any, is raised here)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
 
     def finish(self) -> str:
+        self.wait()
         table = stage_table(self.reports)
         with storage.writable(storage.join(self.output, "eval")) as out:
             (out / "stages.md").write_text(table + "\n", encoding="utf-8")

@@ -94,6 +94,8 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
     if recipe.eval.after_stages:
         evaluation = ChainEvaluation(recipe, base_model_dir(recipe))
     manifests = train_all(recipe, stages, after_stage=evaluation.stage if evaluation else None)
+    if evaluation:
+        evaluation.wait()  # the last stage's, in the background in the driver: its line before the tables
     print(summary_table(manifests), flush=True)
     if evaluation:
         print(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):",

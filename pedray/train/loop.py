@@ -169,12 +169,21 @@ class _Prefetch:
         yield from self.batches
 
 
-def _evaluate(engine, shard, spec: StageSpec, recipe: Recipe, stage: str, collate) -> float:
-    """Mean loss over this worker's share of the held-out rows, averaged over every rank."""
+def _share(rows: dict[str, np.ndarray], size: int, rank: int, world: int) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches of `size` over this rank's share of `rows` (every world-th row from its rank on)."""
+    mine = np.arange(rank, len(next(iter(rows.values()))), world)
+    for start in range(0, len(mine), size):
+        picked = mine[start:start + size]
+        yield {name: column[picked] for name, column in rows.items()}
+
+
+def _evaluate(engine, batches: Iterator[dict[str, np.ndarray]], spec: StageSpec, recipe: Recipe, stage: str,
+              collate) -> float:
+    """Mean loss over this worker's micro-batches of the held-out rows, averaged over every rank."""
     engine.engine.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=recipe.scaling.micro_batch_size, batch_format="numpy"):
+        for batch in batches:
             loss, _ = spec.loss(engine.forward, collate(batch), recipe, stage)
             totals += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
     engine.engine.train()
@@ -222,7 +231,7 @@ def _quiet_known_noise() -> None:
 
 class StageLoop:
     """One stage on one Ray Train worker. Built from the loop config (the Recipe object, the stage, the
-    upstream model folder, the status folder, whether there is a held-out split): loads the model and
+    upstream model folder, the status folder, the held-out rows): loads the model and
     tokenizer, resumes from the latest checkpoint; `run()` steps to `max_steps`, logging, evaluating and
     checkpointing on their schedules, then `finish()` evaluates once more and checkpoints the export."""
 
@@ -250,7 +259,8 @@ class StageLoop:
             self.engine.load(restored)
             shutil.rmtree(restored, ignore_errors=True)
             self._say(f"resumed from step {self.state.step}")
-        self.held_out = ray.train.get_dataset_shard("eval") if config.get("eval") else None
+        self.held_out: dict[str, np.ndarray] | None = config.get("held_out")
+        self.world = world
         self.metrics: dict[str, Any] = self.state.history[-1] if self.state.history else {}
         """The latest logged metrics (with the latest held-out loss once evaluated): what goes to Ray Train."""
 
@@ -268,8 +278,8 @@ class StageLoop:
         """The held-out loss now (None without a held-out split), kept in the state and printed."""
         if self.held_out is None:
             return None
-        loss = _evaluate(self.engine, self.held_out, self.spec, self.recipe, self.stage,
-                         lambda batch: self.collate(batch)[0])
+        batches = _share(self.held_out, self.recipe.scaling.micro_batch_size, self.rank, self.world)
+        loss = _evaluate(self.engine, batches, self.spec, self.recipe, self.stage, lambda batch: self.collate(batch)[0])
         self.state.eval.append({"step": self.state.step, "loss": loss})
         self._say(f"step {self.state.step}  held-out loss {loss:.4f}")
         return loss
@@ -345,7 +355,7 @@ class StageLoop:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config`: recipe (the Recipe object), stage, upstream (model folder),
-    status_dir, eval (whether a held-out split is there)."""
+    status_dir, held_out (the held-out rows as numpy columns, or None)."""
     with process_group(config["recipe"].scaling.use_gpu):
         _quiet_known_noise()
         StageLoop(config).run()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pedray import storage
-from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean, own_tasks_hold_the_cpus
+from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean, own_tasks_hold_the_cpus, reap_dead_actors
 from pedray.config.loader import to_dict
 from pedray.config.schema import Recipe
 from pedray.plots import saved_figure
@@ -119,10 +119,12 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
         # every library's print (DeepSpeed's op builds), reached the console twice.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
+    # held_out: the held-out rows themselves (a few dozen), not a dataset: a Ray Dataset would start a
+    # split coordinator (a process) per stage and a streaming read at every evaluation.
     config = {"recipe": recipe, "stage": stage, "upstream": str(upstream),
-              "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "eval": "eval" in datasets}
+              "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "held_out": datasets.get("eval")}
     trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
-                           datasets=datasets)
+                           datasets={"train": datasets["train"]})
     if lean():
         # Ray Train's helpers for shared clusters, left out on a private Ray (pedray.cluster.lean says why).
         # tests/test_train.py checks that no cleaner starts, should Ray rename what is wrapped here.
@@ -133,7 +135,8 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
 
 
 def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, fingerprint: str) -> dict:
-    """The stage's training stream and, when the corpus has a test split, its held-out rows.
+    """The stage's training stream ("train") and, when the corpus has a test split, its held-out rows
+    ("eval": one batch of numpy columns).
 
     Reference scores (dfpo) are kept per stage fingerprint: another upstream model scores again."""
     spec, settings = STAGE_SPECS[stage], recipe.stage(stage)
@@ -158,10 +161,13 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
             dataset = read_scored(score_reference(dataset, upstream, storage.join(stage_dir, f"reference-{split}-{fingerprint}"),
                                                   trust_remote_code=recipe.model.trust_remote_code))
         if name == "eval":
-            # Computed once, here: the loop re-reads it at every evaluation, and a second live pipeline
+            # Computed once, here: the loop re-reads them at every evaluation, and a second live pipeline
             # would share (and on a small cluster starve) the CPUs the training stream needs.
             with own_tasks_hold_the_cpus():
-                dataset = dataset.materialize()
+                rows = dataset.take_batch(settings.eval_rows, batch_format="numpy")
+            if not rows or not len(next(iter(rows.values()))):
+                continue  # an empty held-out split
+            dataset = rows
         datasets[name] = dataset
     return datasets
 
@@ -177,6 +183,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
         stage_dir = Path(stage_dir).resolve()
     fingerprint = stage_fingerprint(recipe, stage, upstream_info.get("fingerprint", str(upstream)))
     started = time.time()
+    reap_dead_actors()  # an earlier stage's actor process that hung on exit (pedray.cluster says why)
     datasets = stage_datasets(recipe, stage, upstream, stage_dir, fingerprint)
     result = _trainer(recipe, stage, upstream, datasets, f"{stage}-{fingerprint}", callbacks).fit()
     if result.checkpoint is None:

@@ -15,8 +15,8 @@ import torch
 
 from pedray.config.schema import Recipe
 from pedray.data.columns import IGNORE_INDEX
-from pedray.losses import (dfpo_loss, labelled_lm_loss, mixture_lm_loss, next_token_targets, sequence_logps,
-                           unlikelihood_loss)
+from pedray.losses import (dfpo_loss, labelled_lm_loss, labelled_sequence_logps, mixture_lm_loss,
+                           next_token_targets, unlikelihood_loss)
 from pedray.model.mouse import attach_mouse
 from pedray.model.mouse_io import save_mouse
 
@@ -86,9 +86,11 @@ def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> t
 
 
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
-    """DFPO on one forward pass over [chosen; rejected] against precomputed reference log-probs."""
-    logits = forward(input_ids=batch["input_ids"], use_cache=False).logits
-    logps, lengths = sequence_logps(logits, batch["labels"])
+    """DFPO on one forward pass over [chosen; rejected] against precomputed reference log-probs, with the
+    output head run only at the answers' tokens (as in `lm_loss`)."""
+    keep, targets = next_token_targets(batch["labels"])
+    logits = forward(input_ids=batch["input_ids"], use_cache=False, logits_at=keep).logits
+    logps, lengths = labelled_sequence_logps(logits, targets, keep)
     half = logps.shape[0] // 2
     settings = recipe.stage(stage)
     loss, metrics = dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
@@ -97,9 +99,11 @@ def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str)
         return loss, metrics
     # the following term is SFT on the chosen answers: it gets sft's unlikelihood term too (one answer a row,
     # so positions count from 0 in every row)
-    keep, targets = next_token_targets(batch["labels"][:half])
-    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
-    return _with_unlikelihood(loss, metrics, logits[:half][keep], targets, keep, positions, settings.unlikelihood)
+    # (the chosen rows come first, so their positions are the first rows of the row-major logits)
+    chosen = int(keep[:half].sum())
+    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep[:half])
+    return _with_unlikelihood(loss, metrics, logits[:chosen], targets[:chosen], keep[:half], positions,
+                              settings.unlikelihood)
 
 
 def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
