@@ -103,7 +103,8 @@ def reap_dead_actors() -> list[int]:
 
     Ray 2.60's core worker can deadlock in its own exit handler (its event loop posts to itself while it
     shuts down): the actor is dead to Ray, its process lives on, 400 MB and a polling thread, and outlives
-    the session as an orphan. Seen here for a TrainController in 2 of 9 short chains. Only processes this
+    the session as an orphan. Seen here for a TrainController in 4 of 11 short runs (1 of 5 with Ray's
+    idle-worker default, 3 of 6 with LEAN_SYSTEM_CONFIG's). Only processes this
     driver's own Ray started (the raylet's children) are touched, by PID, and only for actors the GCS
     records as dead."""
     import psutil

@@ -164,10 +164,10 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
             # Computed once, here: the loop re-reads them at every evaluation, and a second live pipeline
             # would share (and on a small cluster starve) the CPUs the training stream needs.
             with own_tasks_hold_the_cpus():
-                rows = dataset.take_batch(settings.eval_rows, batch_format="numpy")
-            if not rows or not len(next(iter(rows.values()))):
-                continue  # an empty held-out split
-            dataset = rows
+                batches = dataset.iter_batches(batch_size=settings.eval_rows, batch_format="numpy")
+                dataset = next(iter(batches), None)
+            if dataset is None:  # a held-out split without rows
+                continue
         datasets[name] = dataset
     return datasets
 
