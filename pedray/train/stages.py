@@ -95,11 +95,9 @@ def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str)
     settings = recipe.stage(stage)
     loss, metrics = dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
                               lengths[:half], beta=settings.beta, mu=settings.mu)
-    if settings.unlikelihood <= 0:
-        return loss, metrics
     # the following term is SFT on the chosen answers: it gets sft's unlikelihood term too (one answer a row,
-    # so positions count from 0 in every row)
-    # (the chosen rows come first, so their positions are the first rows of the row-major logits)
+    # so positions count from 0 in every row; the chosen rows come first, so their positions are the first
+    # rows of the row-major logits)
     chosen = int(keep[:half].sum())
     positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep[:half])
     return _with_unlikelihood(loss, metrics, logits[:chosen], targets[:chosen], keep[:half], positions,
