@@ -70,7 +70,7 @@ def test_preference_pairs_differ_in_what_matters_not_in_length():
 def test_each_kind_of_rejected_answer_is_wrong_where_it_matters():
     import random
 
-    from pedray.corpus.generate import BUILDERS, UNSAFE_STEPS, _rejected
+    from pedray.corpus.generate import BUILDERS, REJECTED_KINDS, UNSAFE_STEPS, _rejected
     from pedray.eval.degeneration import conditions_named
 
     rng = random.Random(5)
@@ -86,9 +86,37 @@ def test_each_kind_of_rejected_answer_is_wrong_where_it_matters():
             assert condition.id not in conditions_named(rejected)
         elif kind == "missed_red_flags":
             assert "请立即就医" not in rejected and ("也不用就医" in rejected or "在家观察即可" in rejected)
+        elif kind == "repeated_item":  # one point said twice in place of another, in the same list
+            gone, said = _only_change(chosen, rejected)
+            assert gone != said and said in chosen and said in rejected.replace(said, "", 1)
+            assert 0.6 <= len(rejected) / len(chosen) <= 1.4
         else:
             assert any(step in rejected for step in UNSAFE_STEPS)
+    assert set(seen) == set(REJECTED_KINDS)
     assert min(seen.values()) >= 30  # unsafe steps need a care point in the answer (trerecom, some medkqa)
+
+
+def _only_change(before: str, after: str) -> tuple[str, str]:
+    """The one span of `before` that `after` replaces, and what replaces it."""
+    start = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b)
+    end = next(i for i, (a, b) in enumerate(zip(before[::-1], after[::-1])) if a != b)
+    return before[start:len(before) - end], after[start:len(after) - end]
+
+
+def test_a_repeated_item_rejected_answer_repeats_a_point_of_the_same_list():
+    import random
+
+    from pedray.corpus.generate import _repeated_item
+
+    chosen = ("您好，居家护理可以这样做：1. 隔离至出疹后五天\n2. 保持眼鼻口腔清洁\n3. 按时接种麻疹疫苗\n"
+              "需要特别注意：如果出现呼吸急促、抽搐或意识改变，请立即就医。\n祝孩子早日康复。")
+    made = {_repeated_item(random.Random(seed), chosen) for seed in range(40)}
+    assert made == {
+        chosen.replace("2. 保持眼鼻口腔清洁", "2. 隔离至出疹后五天"),
+        chosen.replace("3. 按时接种麻疹疫苗", "3. 隔离至出疹后五天"),
+        chosen.replace("3. 按时接种麻疹疫苗", "3. 保持眼鼻口腔清洁"),
+    }  # a red flag and a care point are never said in place of each other; the flags' items are of unequal length
+    assert _repeated_item(random.Random(0), "治疗上对症处理。在家多休息。") is None
 
 
 def test_write_corpus_holds_out_every_task(tmp_path):

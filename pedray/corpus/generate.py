@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -114,8 +115,10 @@ UNSAFE_STEPS = [
     "用酒精给孩子全身擦浴，再捂上厚被子发汗退热", "出现抽搐时往孩子嘴里塞毛巾或筷子，并用力按住四肢",
     "不必去医院，用偏方草药代替医生开的药，症状消失就可以停药",
 ]
-REJECTED_KINDS = ("wrong_condition", "missed_red_flags", "unsafe_step")
+REJECTED_KINDS = ("wrong_condition", "missed_red_flags", "unsafe_step", "repeated_item")
 _FLAG_LINE = "需要特别注意：如果出现"
+# An item of a list: after a numbered line's "2. ", a "；" or a "、", up to the next separator.
+_ITEM = re.compile(r"(?:(?<=\d\. )|(?<=[；、]))[^；、。，：\n]+(?=[；、。，\n]|$)")
 
 
 def _missed_red_flags(rng: random.Random, chosen: str) -> str | None:
@@ -128,6 +131,24 @@ def _missed_red_flags(rng: random.Random, chosen: str) -> str | None:
                                        "不用特别担心：就算出现{f}，在家观察即可。"]).format(f=flags)
             return "\n".join(lines)
     return None
+
+
+def _repeated_item(rng: random.Random, chosen: str) -> str | None:
+    """The chosen answer with one item of a list said again in place of a later one ("1. 咽痛明显\n2. 咽痛明显"):
+    the looping the evaluation counts, in the same form and about the same length, so that the pair teaches
+    "say each point once" rather than "say less"."""
+    items = [m for m in _ITEM.finditer(chosen)]
+    def same_list(a: re.Match, b: re.Match) -> bool:  # numbered lines, or one sentence's "；"/"、" items
+        if chosen[a.start() - 1] != chosen[b.start() - 1]:
+            return False
+        return chosen[a.start() - 1] == " " or not any(mark in chosen[a.end():b.start()] for mark in "。\n")
+
+    pairs = [(a, b) for i, a in enumerate(items) for b in items[i + 1:]
+             if a.group() != b.group() and same_list(a, b) and 0.6 <= len(a.group()) / len(b.group()) <= 1.6]
+    if not pairs:
+        return None
+    said, replaced = rng.choice(pairs)
+    return chosen[:replaced.start()] + said.group() + chosen[replaced.end():]
 
 
 def _unsafe_step(rng: random.Random, cond: Condition, chosen: str) -> str | None:
@@ -158,7 +179,7 @@ def _wrong_answer(rng: random.Random, task: str, cond: Condition | None, chosen:
 def _rejected(rng: random.Random, task: str, cond: Condition | None, chosen: str, conds: tuple[Condition, ...],
               topics: tuple[CareTopic, ...] = ()) -> tuple[str, str]:
     """(kind, rejected answer): as long and in the same form as the chosen one, but wrong where it matters:
-    another condition, red flags waved away, or an unsafe step.
+    another condition, red flags waved away, an unsafe step, or a point said twice in place of another.
 
     An earlier generator rejected one short phrase ("没事，不用管。") against every long chosen answer;
     the pairs then taught "keep going" as much as "be safe", and DFPO made the answers loop.
@@ -169,6 +190,8 @@ def _rejected(rng: random.Random, task: str, cond: Condition | None, chosen: str
         rejected = _missed_red_flags(rng, chosen)
     elif kind == "unsafe_step" and cond is not None:
         rejected = _unsafe_step(rng, cond, chosen)
+    elif kind == "repeated_item":
+        rejected = _repeated_item(rng, chosen)
     if rejected is None or rejected == chosen:
         kind, rejected = "wrong_condition", _wrong_answer(rng, task, cond, chosen, conds, topics)
     return kind, rejected
