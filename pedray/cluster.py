@@ -157,14 +157,17 @@ def settle_cpus(timeout_s: float = 15.0) -> bool:
 
 @contextmanager
 def own_tasks_hold_the_cpus():
-    """Around a Ray Data `materialize()` of ours (a write goes through one too): drop Ray Data's "no
-    available CPUs ... will hang" warning.
+    """Around a Ray Data execution of ours that no train worker shares the CPUs with (a `materialize()`,
+    a write, which goes through one, and the held-out rows' single read): drop Ray Data's "no available
+    CPUs ... will hang" warning.
 
     Ray 2.60's `materialize` runs the plan and at once executes its result again, checking for free CPUs
     while the first run's own tasks (the reference model's actor, the write or tokenising tasks) are still
     giving theirs back. On 2 cores it finds none and warns of a hang that cannot happen: nothing else
-    holds them. The warning is printed once per process, so the once-flag is reset afterwards: a real
-    shortage later (train workers holding every CPU) is still said."""
+    holds them. The held-out read (`runner.stage_datasets`) runs right after the reference scores'
+    write, with the same check, before any worker starts; it is wrapped for the same reason, whether or
+    not its check ever comes too early (not measured). The warning is printed once per process, so the
+    once-flag is reset afterwards: a real shortage later (train workers holding every CPU) is still said."""
     from ray.util.debug import reset_log_once
 
     logger = logging.getLogger("ray.data.dataset")
