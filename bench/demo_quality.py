@@ -150,13 +150,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (--quick: 0)")
     parser.add_argument("--config", default=None, help="recipe (default: jobs/default.yaml, --quick: jobs/tiny.yaml)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "auto"],
-                        help="fp32 (the budget's kind of run) or the recipe's own setting")
+                        help="fp32 (the budget's kind of run) or auto (bf16 where the CPU or GPU has it)")
     parser.add_argument("--keep", default=None, help="folder to keep the runs in (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. stages.dfpo.beta=0.05")
     args = parser.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])  # --quick stays under two minutes
     config = args.config or str(ROOT / "jobs" / ("tiny.yaml" if args.quick else "default.yaml"))
-    extra = (["scaling.precision=fp32"] if args.precision == "fp32" else []) + list(args.overrides)
+    extra = [f"scaling.precision={args.precision}"] + list(args.overrides)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="demo-quality-"))
     results = {"config": config, "overrides": args.overrides, "cpu": cpu_kind(), "precision": args.precision, "seeds": {}}
     checks: list[dict] = []
