@@ -40,6 +40,10 @@ def test_instructions_are_many_varied_valid_and_cover_every_task():
     assert len(set(prompts)) > 0.6 * len(prompts)
     dialogues = [r for r in records if r["task"] == "dialogue"]
     assert all(len(r["messages"]) >= 4 for r in dialogues)
+    # the assessment gives the warning signs whether or not the parent goes on to ask about care: a model
+    # cannot tell the two cases apart when it answers
+    assessments = [m["content"] for r in dialogues for m in r["messages"] if "以明确诊断" in m["content"]]
+    assert assessments and all("请立即就医" in a for a in assessments)
 
 
 def test_no_target_answer_loops_by_the_evaluation_rule():

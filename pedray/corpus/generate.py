@@ -71,15 +71,17 @@ def dialogue(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
              ("assistant", rng.choice(ph.OPENERS) + "想再了解一些情况：孩子多大了？还有没有其他不舒服？"
               "精神和吃喝怎么样？"),
              ("user", f"{ph.format_age(months)}了，" + "，".join(rest) + "，精神还可以。"),
-             ("assistant", f"患儿{ph.format_age(months)}，结合年龄和{first}等表现，要考虑{cond.name}的可能。"
+             # The assessment always carries the warning signs, whether or not the parent asks more: when it
+             # carried them only as the conversation's last turn (3 in 10), nothing in the question said which
+             # case it was, and the model left them out of every assessment (8 of 82 held-out answers with
+             # warning signs in the reference had none, one of them an intussusception's).
+             ("assistant", ph.warm(rng, f"患儿{ph.format_age(months)}，结合年龄和{first}等表现，要考虑{cond.name}的可能。"
               + ph.join(ph.pick(rng, cond.diagnosis, 1, 2)) + "建议到医院做" + "、".join(ph.pick(rng, cond.exams, 1, 2))
-              + "以明确诊断。")]
+              + "以明确诊断。", cond))]
     if rng.random() < 0.7:
         turns += [("user", rng.choice(["那在家里要怎么照顾？", "需要吃药吗？", "平时要注意什么？"])),
                   ("assistant", ph.warm(rng, "治疗上" + ph.join(ph.pick(rng, cond.management, 1, 2)) + "在家"
                                         + ph.join(ph.pick(rng, cond.home_care, 2)), cond))]
-    else:
-        turns[-1] = ("assistant", ph.warm(rng, turns[-1][1], cond))
     return turns
 
 
