@@ -205,3 +205,22 @@ def test_wrong_ages_state_another_patient_age_than_the_case():
     top = headline(score_rows([_row(1, "evidiag", "分析：患儿1岁，以夜惊为主。", reference),
                                _row(2, "evidiag", reference, reference)]))
     assert top["heldout wrong age %"] == pytest.approx(50)
+
+
+def test_no_warning_counts_answers_without_the_urgent_advice_their_reference_gives():
+    from pedray.eval.degeneration import no_warning
+
+    reference = ("患儿5个月，要考虑肠套叠的可能。建议到医院做腹部超声以明确诊断。\n"
+                 "需要特别注意：如果出现精神萎靡、腹胀呕吐加重，请立即就医。\n如果情况有变化，请及时带孩子就医。")
+    # read in demo answers: an intussusception's assessment with no warning at all
+    silent = "患儿5个月，要考虑肠套叠的可能。建议到医院做腹部超声以明确诊断。\n如果情况有变化，请及时带孩子就医。"
+    assert no_warning(silent, reference) is True      # "see a doctor if it changes" is no warning
+    assert no_warning(reference, reference) is False
+    assert no_warning("出现抽搐请马上去医院急诊。", reference) is False  # other words for it count
+    assert no_warning(silent, "多喝水，多休息。") is None  # the reference gives none: not judged
+    per = [answer_stats(silent, reference, True), answer_stats(reference, reference, True),
+           answer_stats(silent, "多喝水。", True)]
+    means = mean_stats(per)
+    assert means["no_warning"] == pytest.approx(0.5) and means["warning_questions"] == 2
+    top = headline(score_rows([_row(1, "dialogue", silent, reference), _row(2, "dialogue", reference, reference)]))
+    assert top["heldout no warning %"] == pytest.approx(50)

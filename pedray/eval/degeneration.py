@@ -12,7 +12,9 @@ the questions whose reference names it, and
 the questions whose reference has such items; `wrong_flag` likewise for warning signs, and
 `wrong_system` the share that puts a condition in another body system than its own, over the questions
 whose reference places one; `wrong_age` the share that states another patient age than the reference
-does ("患儿1岁半" for a 7-month-old), over the questions whose reference states one.
+does ("患儿1岁半" for a 7-month-old), over the questions whose reference states one; `no_warning` the share
+that gives no urgent advice at all ("请立即就医", "急诊", ...), over the questions whose reference gives
+it: an answer that leaves out the warning signs is wrong for a parent however well it scores.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pedray.eval.metrics import distinct, segment
 
 REP_NS = (2, 3, 4)
 JUDGED = {"wrong_step": "step_questions", "wrong_flag": "flag_questions", "wrong_system": "system_questions",
-          "wrong_age": "age_questions"}
+          "wrong_age": "age_questions", "no_warning": "warning_questions"}
 """Shares judged only where the reference allows it, and the key of how many answers were judged."""
 LOOP_N, LOOP_TIMES = 4, 3
 
@@ -91,6 +93,18 @@ def condition_correct(prediction: str, reference: str, question: str = "") -> bo
     return conditions_named(prediction) == {expected}
 
 
+# Urgent advice: "go to a doctor now", not "see a doctor if it changes" (PedCorpus closes answers with
+# "如果情况有变化，请及时带孩子就医", which is no warning).
+_URGENT = re.compile(r"立即就医|马上就医|立刻就医|立即就诊|马上就诊|急诊|拨打120|马上去医院|立即去医院|立刻去医院")
+
+
+def no_warning(prediction: str, reference: str) -> bool | None:
+    """Whether the answer gives no urgent advice where its reference does; None where the reference gives none."""
+    if not _URGENT.search(reference):
+        return None
+    return not _URGENT.search(prediction)
+
+
 def answer_stats(prediction: str, reference: str, stopped: bool, question: str = "") -> dict[str, Any]:
     """Degeneration figures of one answer. `stopped`: the model ended its turn within the token budget;
     `question`: the user's turns (they may name the condition the reference does not repeat)."""
@@ -107,6 +121,7 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
                        ("wrong_system", wrong_systems(prediction, reference)),
                        ("wrong_age", wrong_ages(prediction, reference))):
         stats[key] = None if wrong is None else bool(wrong)
+    stats["no_warning"] = no_warning(prediction, reference)
     return stats
 
 

@@ -90,7 +90,8 @@ def markdown(report: dict[str, Any]) -> str:
                       "and no other; wrong step = has a test or treatment item of a condition that neither the "
                       "question nor the reference points to; wrong flag = likewise a warning sign; wrong system = "
                       "puts a condition in another body system than its own; wrong age = states another "
-                      "patient age than the reference (judged where the reference states one).", ""]
+                      "patient age than the reference (judged where the reference states one); no warning = "
+                      "no urgent advice where the reference gives it (\"请立即就医\", \"急诊\").", ""]
             lines += _table(["part"] + [name for _, name in DEGENERATION]
                             + ["looping", "item twice", "same answer", "truncated", "length", "right condition"]
                             + [key.replace("_", " ") for key in JUDGED],
