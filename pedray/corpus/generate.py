@@ -139,7 +139,8 @@ def _repeated_item(rng: random.Random, chosen: str) -> str | None:
     """The chosen answer with one item of a list said again in place of a later one ("1. 咽痛明显\n2. 咽痛明显"):
     the looping the evaluation counts, in the same form and about the same length, so that the pair teaches
     "say each point once" rather than "say less"."""
-    items = [m for m in _ITEM.finditer(chosen)]
+    items = list(_ITEM.finditer(chosen))
+
     def same_list(a: re.Match, b: re.Match) -> bool:  # numbered lines, or one sentence's "；"/"、" items
         if chosen[a.start() - 1] != chosen[b.start() - 1]:
             return False
