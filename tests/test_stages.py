@@ -6,7 +6,7 @@ import torch
 
 from pedray.config import load_recipe
 from pedray.model.selective import selective_forward
-from pedray.train.engine import deepspeed_config
+from pedray.train.engine import deepspeed_config, process_group
 from pedray.train.stages import STAGE_SPECS, collate_packed, collate_pairs
 from pedray.vocab import STAGES, TASKS
 
@@ -173,3 +173,12 @@ def test_progress_window_reports_the_share_of_time_spent_waiting_for_data():
     out, due = window.reduce(due=True)
     assert out["loss"] == 3.0 and due
     assert 0.2 < out["data_wait"] <= 0.25 and 0 < out["tokens_per_s"] <= 100
+
+
+def test_a_cpu_process_group_builds_no_shared_memory_reduce():
+    """DeepSpeed's CPU backend would compile its shared-memory all-reduce (57 s in a fresh clone), used only
+    for tensor-parallel inference: pedray's training never loads it."""
+    import deepspeed.comm.comm as ds_comm
+
+    with process_group(use_gpu=False):
+        assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None

@@ -103,8 +103,9 @@ def process_group(use_gpu: bool) -> Iterator[None]:
         added = [key for key in defaults if key not in os.environ]
         os.environ.update({key: defaults[key] for key in added})
         _forget_stale_groups()
-    with _without_build_notices():
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    if not use_gpu:
+        _no_shared_memory_reduce()
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
     try:
         yield
     finally:
@@ -115,22 +116,22 @@ def process_group(use_gpu: bool) -> Iterator[None]:
                 os.environ.pop(key, None)
 
 
-@contextmanager
-def _without_build_notices() -> Iterator[None]:
-    """DeepSpeed prints "DeepSpeed <op> built successfully" for each op it loads while it sets up
-    communication (once per worker and stage); anything else it prints passes through."""
-    import contextlib
-    import io
-    import sys
+def _no_shared_memory_reduce() -> None:
+    """Keep DeepSpeed's CPU backend from building its shared-memory all-reduce op (`deepspeed_shm_comm`).
 
-    captured = io.StringIO()
+    DeepSpeed compiles it the first time a process group starts on a CPU (57 s of the demo's first stage
+    on 2 AVX2 cores, in a fresh clone; after that a build check and a load in every stage's worker) and
+    uses it only in `inference_all_reduce`, the tensor-parallel inference path (AutoTP). Training's
+    gradients are all-reduced through torch.distributed (gloo) with or without it. DeepSpeed decides
+    whether to build an op from `deepspeed.ops.__compatible_ops__`, probed once per process and kept in
+    the module, so an op marked incompatible there is not built.
+    """
+    import deepspeed.ops
+
     try:
-        with contextlib.redirect_stdout(captured):
-            yield
-    finally:
-        kept = [line for line in captured.getvalue().splitlines() if not line.endswith("built successfully")]
-        if kept:
-            print("\n".join(kept), file=sys.stdout, flush=True)
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    except AttributeError:  # a DeepSpeed without the probe: it builds no such op
+        pass
 
 
 @contextmanager
