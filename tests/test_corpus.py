@@ -5,7 +5,6 @@ from collections import Counter
 
 from pedray.corpus.generate import instructions, pretraining_text, preferences, write_corpus
 from pedray.corpus.knowledge import LIST_FIELDS, load_knowledge
-from pedray.corpus.phrasing import OPENERS
 from pedray.data.columns import record_problem
 from pedray.eval.degeneration import loops
 from pedray.vocab import TASKS
@@ -45,22 +44,6 @@ def test_instructions_are_many_varied_valid_and_cover_every_task():
     # cannot tell the two cases apart when it answers
     assessments = [m["content"] for r in dialogues for m in r["messages"] if "以明确诊断" in m["content"]]
     assert assessments and all("请立即就医" in a for a in assessments)
-
-
-def test_a_comparison_names_both_conditions_before_it_describes_them():
-    """"X和Y有什么区别？" is answered "X和Y的区别：", then X's paragraph, then Y's: the model copies the pair in
-    one piece, and Y's name stands twice before Y's paragraph (it described a third condition instead)."""
-    names = {condition.name for condition in load_knowledge()[0]}
-    asked = 0
-    for record in instructions(0, 3000):
-        question, answer = (m["content"] for m in record["messages"][-2:])
-        first, _, second = question.removesuffix("有什么区别？").partition("和")
-        if record["task"] != "general" or not {first, second} <= names:  # not a care topic's question
-            continue
-        asked += 1
-        header = answer.index(f"{first}和{second}的区别：\n{first}：")
-        assert header <= max(map(len, OPENERS)) and answer.index(f"\n{second}：") > header, answer  # after an opener at most
-    assert asked > 3000 * 0.15 * 0.3  # about 35% of `general`, 15% of all
 
 
 def test_no_target_answer_loops_by_the_evaluation_rule():

@@ -88,23 +88,18 @@ def dialogue(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
 def general(rng: random.Random, conds: tuple[Condition, ...], topics: tuple[CareTopic, ...]) -> list[tuple[str, str]]:
     """General child care, or general instructions over the knowledge base (summaries, comparisons)."""
     style = rng.random()
-    if style < 0.45:
+    if style < 0.5:
         topic = rng.choice(topics)
         body = ph.listing(rng, ph.pick(rng, topic.points, 3))
         return [("user", rng.choice(topic.questions)), ("assistant", ph.warm(rng, body))]
-    if style < 0.65:
+    if style < 0.75:
         cond = rng.choice(conds)
         ask = rng.choice(["用几句话概括一下{n}。", "简单介绍一下{n}。", "请用通俗的话解释什么是{n}。"])
         body = (f"{cond.name}属于{cond.group}，常见表现有{'、'.join(ph.pick(rng, cond.symptoms, 2, 3))}。"
                 f"治疗上{ph.pick(rng, cond.management, 1, 1)[0]}。")
         return [("user", ask.format(n=cond.name)), ("assistant", ph.warm(rng, body, cond))]
-    # A comparison names both conditions first, as the question does ("X和Y的区别："): a small model
-    # described the first condition and then a third one, or the first twice, in every comparison of two
-    # demos (0 of 4 and 0-1 of 3 right; README "Model quality"); copying "X和Y" in one piece is what it
-    # does well, and the second name is then twice in front of it when its paragraph begins. They are also
-    # 35% of `general` now (25% before; care topics 50 -> 45%, summaries 25 -> 20%).
     first, second = rng.sample(list(conds), 2)
-    body = (f"{first.name}和{second.name}的区别：\n{first.name}：{'、'.join(ph.pick(rng, first.symptoms, 2, 3))}。\n"
+    body = (f"{first.name}：{'、'.join(ph.pick(rng, first.symptoms, 2, 3))}。\n"
             f"{second.name}：{'、'.join(ph.pick(rng, second.symptoms, 2, 3))}。\n两者的处理也不同，具体需由医生判断。")
     return [("user", f"{first.name}和{second.name}有什么区别？"), ("assistant", ph.warm(rng, body))]
 
