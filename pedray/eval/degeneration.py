@@ -119,9 +119,9 @@ def answer_stats(prediction: str, reference: str, stopped: bool, question: str =
     for key, wrong in (("wrong_step", wrong_steps(prediction, reference, question)),
                        ("wrong_flag", wrong_flags(prediction, reference, question)),
                        ("wrong_system", wrong_systems(prediction, reference)),
-                       ("wrong_age", wrong_ages(prediction, reference))):
+                       ("wrong_age", wrong_ages(prediction, reference)),
+                       ("no_warning", no_warning(prediction, reference))):
         stats[key] = None if wrong is None else bool(wrong)
-    stats["no_warning"] = no_warning(prediction, reference)
     return stats
 
 
