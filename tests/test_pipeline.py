@@ -114,3 +114,41 @@ def test_reference_scores_in_the_driver_equal_the_actor_pool_s(ray_local, tiny_m
         assert row["ref_chosen_logps"] < 0 and row["ref_rejected_logps"] < 0
         assert np.isclose(row["ref_chosen_logps"], pooled[key]["ref_chosen_logps"], atol=1e-4)
         assert np.isclose(row["ref_rejected_logps"], pooled[key]["ref_rejected_logps"], atol=1e-4)
+
+
+INTERRUPTED_LOAD = """
+import _thread, importlib.abc, sys
+
+class InterruptOnce(importlib.abc.MetaPathFinder):
+    fired = False
+
+    def find_spec(self, name, path=None, target=None):  # Ray's cancel, as it lands mid-import
+        if name == "accelerate.big_modeling" and not InterruptOnce.fired:
+            InterruptOnce.fired = True
+            _thread.interrupt_main()
+
+sys.meta_path.insert(0, InterruptOnce())
+from pedray.data.pipeline import _tokenizer
+
+try:
+    _tokenizer(sys.argv[1])
+except KeyboardInterrupt:
+    print("cancelled", flush=True)
+assert InterruptOnce.fired
+print(len(_tokenizer(sys.argv[1])("鼻塞")["input_ids"]) > 0)
+"""
+
+
+def test_a_task_cancelled_during_its_first_tokenizer_load_leaves_its_worker_usable(tiny_model_dir):
+    """Ray cancels a running task by interrupting its worker's main thread (Ray Data does so when an
+    iteration stops early). Landing inside transformers' first import, the interrupt used to leave
+    accelerate half-imported, and every later task in that process failed with an ImportError (CI, a
+    worker reused by the next test). Now the load completes, the cancel still happens, and the next load
+    works."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_LOAD, str(tiny_model_dir)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["cancelled", "True"]

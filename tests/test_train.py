@@ -93,13 +93,28 @@ def test_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path, m
     recipe = load_recipe(TINY, [f"output_dir={tmp_path / 'out'}", "scaling.num_workers=2", "scaling.zero_stage=2",
                                 "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4"])
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(train_all(recipe, ["sft"])), daemon=True)
+
+    def train():
+        try:
+            outcome.update(train_all(recipe, ["sft"]))
+        except BaseException as error:  # said at once, not after the waits below time out
+            outcome["error"] = error
+
+    def ready(check):
+        if "error" in outcome:
+            raise AssertionError("the stage failed before the kill") from outcome["error"]
+        return check()
+
+    runner = threading.Thread(target=train, daemon=True)
     runner.start()
     # Ray's controller collects reports every 2 s: kill only once it has registered the checkpoint.
-    wait_for(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1, 300, "a registered checkpoint")
-    victim = wait_for(lambda: (s := _step_of(status, 1)) and s["step"] >= 5 and s, 300, "rank 1 to pass step 5")
+    wait_for(lambda: ready(lambda: _registered_checkpoints(tmp_path / "out" / "ray", "sft") >= 1), 300,
+             "a registered checkpoint")
+    victim = wait_for(lambda: ready(lambda: (s := _step_of(status, 1)) and s["step"] >= 5 and s), 300,
+                      "rank 1 to pass step 5")
     os.kill(victim["pid"], signal.SIGKILL)
     runner.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
     manifest = outcome["sft"]
     assert manifest["steps"] == 14
     assert manifest["resumed_from_step"] is not None and 4 <= manifest["resumed_from_step"] < 14

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,31 @@ from pedray.vocab import TASKS
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
     """One tokenizer per Ray worker process and path (tasks reuse their process)."""
-    return load_tokenizer(path)
+    with _interrupts_held():
+        return load_tokenizer(path)
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold back a KeyboardInterrupt until the block is done, then raise it.
+
+    When a dataset's iteration stops early (a stage's last step, a preview), Ray Data cancels the map
+    tasks still running, and Ray cancels a running task by interrupting its worker's main thread. A worker
+    interrupted while its first tokenizer load imports transformers (and accelerate) keeps half-imported
+    modules: a submodule registered, its package not. Every later load in that process then fails with
+    an ImportError, and Ray reuses the process for later tasks, stages and runs on the same cluster.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals (and Ray's interrupt)
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def corpus_files(dirs: list[str | Path], kind: str, split: str = "train") -> list[str]:
