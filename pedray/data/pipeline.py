@@ -16,14 +16,17 @@ import pyarrow as pa
 from pedray import storage
 from pedray.config.schema import DataConfig
 from pedray.data import packing, tokenize as tok
-from pedray.model.build import load_tokenizer
 from pedray.vocab import TASKS
 
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
-    """One tokenizer per Ray worker process and path (tasks reuse their process)."""
+    """One tokenizer per Ray worker process and path (tasks reuse their process). Imported here, under the
+    held interrupt: the module itself stays light (no torch), so that a map worker unpickling the UDF
+    imports nothing a cancel could cut in half."""
     with _interrupts_held():
+        from pedray.model.build import load_tokenizer
+
         return load_tokenizer(path)
 
 
