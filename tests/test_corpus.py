@@ -132,3 +132,13 @@ def test_write_corpus_holds_out_every_task(tmp_path):
     test = {json.loads(line)["id"] for line in open(tmp_path / "sft_test.jsonl", encoding="utf-8")}
     assert not train & test
     assert all(r["text"] for r in pretraining_text(0, variants=2))
+
+
+def test_colic_is_never_about_a_baby_in_its_first_days():
+    """Infant colic begins in the second or third week of life: a corpus that asked about colic in a baby
+    "出生第3天" (the knowledge base's age range started at 0 months) taught the model a wrong fact."""
+    for seed in (0, 1):
+        texts = [" ".join(m["content"] for m in r["messages"]) for r in instructions(seed, 3000)]
+        colic = [t for t in texts if "肠绞痛" in t]
+        assert len(colic) > 20
+        assert not [t for t in colic if "出生第" in t]
