@@ -117,7 +117,10 @@ def test_reference_scores_in_the_driver_equal_the_actor_pool_s(ray_local, tiny_m
 
 
 INTERRUPTED_LOAD = """
-import _thread, importlib.abc, sys
+import _thread, importlib.abc, signal, sys
+
+# as in a Ray worker; a process started in the background by a shell inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class InterruptOnce(importlib.abc.MetaPathFinder):
     fired = False
