@@ -40,16 +40,19 @@ def _interrupts_held():
     modules: a submodule registered, its package not. Every later load in that process then fails with
     an ImportError, and Ray reuses the process for later tasks, stages and runs on the same cluster.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals (and Ray's interrupt)
+    previous = signal.getsignal(signal.SIGINT)
+    # Only the main thread receives signals (and Ray's interrupt), and only a Python handler raises
+    # KeyboardInterrupt: with SIGINT ignored, at its default or handled outside Python there is none to hold.
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if held and callable(previous):
+        signal.signal(signal.SIGINT, previous)
+        if held:
             previous(signal.SIGINT, None)
 
 
