@@ -89,9 +89,12 @@ def general(rng: random.Random, conds: tuple[Condition, ...], topics: tuple[Care
     """General child care, or general instructions over the knowledge base (summaries, comparisons)."""
     style = rng.random()
     if style < 0.5:
+        # every point of the question's own answer: a random few of the topic's answered another question
+        # of it half the time ("孩子每天要睡多久？" got a bedtime routine and no hours)
         topic = rng.choice(topics)
-        body = ph.listing(rng, ph.pick(rng, topic.points, 3))
-        return [("user", rng.choice(topic.questions)), ("assistant", ph.warm(rng, body))]
+        asked = rng.randrange(len(topic.questions))
+        body = ph.listing(rng, list(topic.answers[asked]))
+        return [("user", topic.questions[asked]), ("assistant", ph.warm(rng, body))]
     if style < 0.75:
         cond = rng.choice(conds)
         ask = rng.choice(["用几句话概括一下{n}。", "简单介绍一下{n}。", "请用通俗的话解释什么是{n}。"])
@@ -165,11 +168,13 @@ def _unsafe_step(rng: random.Random, cond: Condition, chosen: str) -> str | None
 
 
 def _wrong_answer(rng: random.Random, task: str, cond: Condition | None, chosen: str, conds: tuple[Condition, ...],
-                  topics: tuple[CareTopic, ...] = ()) -> str:
+                  topics: tuple[CareTopic, ...] = (), question: str = "") -> str:
     """The same task's answer to another question: for another condition (same group where possible), or
     for `general` another general question; the one closest in length to the chosen answer of a few."""
     if cond is None:
-        candidates = [general(rng, conds, topics)[-1][1] for _ in range(8)]
+        # the same question again has the same points in other words: right, not a rejected answer
+        others = [turns for turns in (general(rng, conds, topics) for _ in range(8)) if turns[0][1] != question]
+        candidates = [turns[-1][1] for turns in others] or [general(rng, conds, topics)[-1][1]]
         wrong = [text for text in candidates if text != chosen]
     else:
         same_group = [c for c in conds if c.group == cond.group and c.id != cond.id]
@@ -180,7 +185,7 @@ def _wrong_answer(rng: random.Random, task: str, cond: Condition | None, chosen:
 
 
 def _rejected(rng: random.Random, task: str, cond: Condition | None, chosen: str, conds: tuple[Condition, ...],
-              topics: tuple[CareTopic, ...] = ()) -> tuple[str, str]:
+              topics: tuple[CareTopic, ...] = (), question: str = "") -> tuple[str, str]:
     """(kind, rejected answer): as long and in the same form as the chosen one, but wrong where it matters:
     another condition, red flags waved away, an unsafe step, or a point said twice in place of another.
 
@@ -196,7 +201,7 @@ def _rejected(rng: random.Random, task: str, cond: Condition | None, chosen: str
     elif kind == "repeated_item":
         rejected = _repeated_item(rng, chosen)
     if rejected is None or rejected == chosen:
-        kind, rejected = "wrong_condition", _wrong_answer(rng, task, cond, chosen, conds, topics)
+        kind, rejected = "wrong_condition", _wrong_answer(rng, task, cond, chosen, conds, topics, question)
     return kind, rejected
 
 
@@ -241,7 +246,7 @@ def preferences(seed: int, count: int) -> list[dict[str, Any]]:
         task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
         cond = None if task == "general" else rng.choice(conds)
         turns = general(rng, conds, topics) if cond is None else BUILDERS[task](rng, cond)
-        _, rejected = _rejected(rng, task, cond, turns[-1][1], conds, topics)
+        _, rejected = _rejected(rng, task, cond, turns[-1][1], conds, topics, turns[-2][1])
         records.append(make_record(
             "pref", task, SOURCE, f"{SOURCE}-{seed}-pref-{index}", system=DEFAULT_SYSTEM,
             group="" if cond is None else cond.group, messages=_conversation(turns[:-1]), chosen=turns[-1][1],
@@ -273,8 +278,9 @@ def pretraining_text(seed: int, variants: int = 8) -> list[dict[str, Any]]:
                                     group=cond.group, text=head + "".join(tail)))
     for topic in topics:
         for variant in range(variants // 2):
+            pairs = ph.shuffled(rng, [q + ph.join(list(a)) for q, a in zip(topic.questions, topic.answers)])
             docs.append(make_record("text", "general", SOURCE, f"{SOURCE}-{seed}-text-{topic.id}-{variant}",
-                                    text=rng.choice(topic.questions) + ph.join(ph.pick(rng, topic.points, 3))))
+                                    text="".join(pairs)))
     rng.shuffle(docs)
     return docs
 

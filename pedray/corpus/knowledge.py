@@ -30,11 +30,16 @@ class Condition:
 
 @dataclass(frozen=True)
 class CareTopic:
-    """A general child-care topic: several ways to ask, and the points of the answer."""
+    """A general child-care topic: its questions, each with the points that answer it."""
 
     id: str
     questions: tuple[str, ...]
-    points: tuple[str, ...]
+    answers: tuple[tuple[str, ...], ...]
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """Every point of the topic, in the order first said."""
+        return tuple(dict.fromkeys(point for answer in self.answers for point in answer))
 
 
 def _files() -> list:
@@ -55,6 +60,16 @@ def _condition(raw: dict, source: str) -> Condition:
     )
 
 
+def _topic(raw: dict, source: str) -> CareTopic:
+    questions = raw.get("questions")
+    if not isinstance(questions, dict) or not questions:
+        raise ValueError(f"{source}: topic {raw.get('id', '?')} needs questions, each with the points of its answer")
+    thin = [q for q, points in questions.items() if not points or len(points) < 2]
+    if thin:
+        raise ValueError(f"{source}: topic {raw['id']}: questions answered by fewer than two points: {thin}")
+    return CareTopic(raw["id"], tuple(questions), tuple(tuple(str(p) for p in points) for points in questions.values()))
+
+
 @lru_cache(maxsize=1)
 def load_knowledge() -> tuple[tuple[Condition, ...], tuple[CareTopic, ...]]:
     """All conditions and care topics, validated: unique ids, every field filled."""
@@ -64,7 +79,7 @@ def load_knowledge() -> tuple[tuple[Condition, ...], tuple[CareTopic, ...]]:
         entries = yaml.safe_load(file.read_text(encoding="utf-8")) or []
         for raw in entries:
             if "questions" in raw:
-                topics.append(CareTopic(raw["id"], tuple(raw["questions"]), tuple(raw["points"])))
+                topics.append(_topic(raw, file.name))
             else:
                 conditions.append(_condition(raw, file.name))
     ids = [c.id for c in conditions] + [t.id for t in topics]
