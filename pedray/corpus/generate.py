@@ -23,36 +23,29 @@ def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"role": role, "content": content} for role, content in turns]
 
 
-# A condition's body system is stated where a knowledge answer about its symptoms or its age begins, and with
-# every diagnosis. Stated only in the summaries of `general` (5 times in 6,000 records for most conditions, once
-# for some), it was not learned: the model put 60% of the summaries' conditions in another system
-# ("支气管哮喘属于血液系统疾病").
-
-
 def medkqa(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
     """Knowledge question about one aspect of a condition."""
     aspect = rng.choice(list(ph.ASPECT_QUESTIONS))
     question = rng.choice(ph.ASPECT_QUESTIONS[aspect]).format(name=cond.name, child=rng.choice(ph.CHILD))
     if aspect == "age":
         low, high = cond.age_months
-        body = (f"{cond.name}属于{cond.group}，多见于{ph.format_age(max(low, 1))}到{ph.format_age(high)}的儿童。"
-                + ph.join(ph.pick(rng, cond.diagnosis, 1, 2)))
+        body = f"{cond.name}多见于{ph.format_age(max(low, 1))}到{ph.format_age(high)}的儿童。" + ph.join(
+            ph.pick(rng, cond.diagnosis, 1, 2))
     else:
-        lead = ph.ASPECT_LEADS[aspect].format(name=cond.name, group=cond.group)
-        body = lead + ph.listing(rng, ph.pick(rng, getattr(cond, aspect), 3))
+        body = ph.ASPECT_LEADS[aspect].format(name=cond.name) + ph.listing(rng, ph.pick(rng, getattr(cond, aspect), 3))
     flags_already = aspect == "red_flags"
     return [("user", question), ("assistant", ph.warm(rng, body, None if flags_already else cond))]
 
 
 def evidiag(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
-    """Case description -> reasoning and diagnosis (with the condition's body system, see above)."""
+    """Case description -> reasoning and diagnosis."""
     case, symptoms, months = ph.case_description(rng, cond)
     # The analysis names the leading complaint, not the whole list again: echoing a list back is where a
     # small model loops (see `phrasing.pick`).
     reasoning = (f"分析：患儿{ph.format_age(months)}，以{symptoms[0]}为主要表现。"
                  + ph.join(ph.pick(rng, cond.diagnosis, 2)))
     exams = "建议检查：" + "、".join(ph.pick(rng, cond.exams, 1, 3)) + "。"
-    answer = f"{reasoning}\n初步诊断：{cond.name}，属于{cond.group}。\n{exams}"
+    answer = f"{reasoning}\n初步诊断：{cond.name}。\n{exams}"
     return [("user", case + rng.choice(ph.CASE_ASKS)), ("assistant", ph.warm(rng, answer, cond))]
 
 

@@ -27,7 +27,7 @@ ASPECT_QUESTIONS = {
     "home_care": ["{child}得了{name}，在家应该怎么护理？", "{name}居家护理要注意什么？", "得了{name}在家能做些什么？"],
 }
 ASPECT_LEADS = {
-    "symptoms": "{name}属于{group}，常见表现有：", "red_flags": "出现以下情况时要立即就医：",
+    "symptoms": "{name}的常见表现有：", "red_flags": "出现以下情况时要立即就医：",
     "exams": "通常会安排这些检查：", "diagnosis": "诊断主要依据以下几点：", "home_care": "居家护理可以这样做：",
 }
 TREAT_QUESTIONS = [

@@ -58,7 +58,7 @@ def repeats_item(text: str) -> bool:
     return any(count >= 2 and len(item) >= 2 for item, count in items.items())
 
 
-_DIAGNOSIS = re.compile(r"初步诊断：([^。\n，]+)|要考虑(.+?)的可能")
+_DIAGNOSIS = re.compile(r"初步诊断：([^。\n]+)|要考虑(.+?)的可能")
 
 
 def expected_condition(reference: str, question: str = "") -> str | None:

@@ -107,13 +107,12 @@ def wrong_flags(prediction: str, reference: str, question: str = "") -> list[str
 
 @lru_cache(maxsize=1)
 def _system_pattern() -> tuple[re.Pattern, dict[str, str], dict[str, str]]:
-    """"<condition>(alias)属于<group>" / "<condition>(alias)是儿科<group>" / "初步诊断：<condition>，属于<group>":
-    the corpus's ways of placing one."""
+    """"<condition>(alias)属于<group>" / "<condition>(alias)是儿科<group>": the corpus's two ways of placing one."""
     conditions, _ = load_knowledge()
     named, names = _condition_pattern()
     groups = {c.id: c.group for c in conditions}
     system = _longest_first(set(groups.values()))
-    return re.compile(rf"({named.pattern})(?:（[^）]*）)?(?:，?属于|是儿科)({system.pattern})"), names, groups
+    return re.compile(rf"({named.pattern})(?:（[^）]*）)?(?:属于|是儿科)({system.pattern})"), names, groups
 
 
 def systems_stated(text: str) -> list[tuple[str, str]]:
