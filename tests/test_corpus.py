@@ -144,33 +144,26 @@ def test_colic_is_never_about_a_baby_in_its_first_days():
         assert not [t for t in colic if "出生第" in t]
 
 
-def _care_points(text: str, points: set[str]) -> set[str]:
-    """The care-topic points a text says, longest first ("三个月以下婴儿发热" is part of a longer point)."""
-    found = set()
-    for point in sorted(points, key=len, reverse=True):
-        if point in text:
-            found.add(point)
-            text = text.replace(point, "")
-    return found
-
-
 def test_a_care_question_is_answered_with_its_own_points():
     """Each care question lists the points that answer it. The generator once answered with a random few of
     the topic's points, so "布洛芬和对乙酰氨基酚有什么区别？" got fever-medicine rules without the difference
     and "孩子每天要睡多久？" a bedtime routine without the hours, and the model learned to do the same."""
+    from pedray.eval.items import _longest_first
+
     _, topics = load_knowledge()
     answers = {q: set(a) for topic in topics for q, a in zip(topic.questions, topic.answers)}
-    everything = set().union(*answers.values())
-    assert len(answers) >= 30 and all(len(points) >= 2 for points in answers.values())
+    # longest first: "三个月以下婴儿发热" (an emergency sign) is part of a longer fever-care point
+    points = _longest_first(set().union(*answers.values()))
+    assert len(answers) >= 30 and all(len(said) >= 2 for said in answers.values())
     asked = Counter()
     for seed in (0, 1):
         for record in instructions(seed, 3000):
             question, answer = record["messages"][-2]["content"], record["messages"][-1]["content"]
             if record["task"] == "general" and question in answers:
                 asked[question] += 1
-                assert _care_points(answer, everything) == answers[question], (question, answer)
+                assert set(points.findall(answer)) == answers[question], (question, answer)
         for pair in preferences(seed, 600):
             question = pair["messages"][-1]["content"]
             if pair["task"] == "general" and question in answers:  # a rejected answer answers something else
-                assert _care_points(pair["rejected"], everything) != answers[question], (question, pair["rejected"])
+                assert set(points.findall(pair["rejected"])) != answers[question], (question, pair["rejected"])
     assert len(asked) == len(answers)

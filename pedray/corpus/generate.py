@@ -172,10 +172,10 @@ def _wrong_answer(rng: random.Random, task: str, cond: Condition | None, chosen:
     """The same task's answer to another question: for another condition (same group where possible), or
     for `general` another general question; the one closest in length to the chosen answer of a few."""
     if cond is None:
+        asked = [general(rng, conds, topics) for _ in range(8)]
+        candidates = [turns[-1][1] for turns in asked]
         # the same question again has the same points in other words: right, not a rejected answer
-        others = [turns for turns in (general(rng, conds, topics) for _ in range(8)) if turns[0][1] != question]
-        candidates = [turns[-1][1] for turns in others] or [general(rng, conds, topics)[-1][1]]
-        wrong = [text for text in candidates if text != chosen]
+        wrong = [turns[-1][1] for turns in asked if turns[0][1] != question and turns[-1][1] != chosen]
     else:
         same_group = [c for c in conds if c.group == cond.group and c.id != cond.id]
         pool = same_group if len(same_group) >= 2 else [c for c in conds if c.id != cond.id]
