@@ -155,3 +155,46 @@ def test_a_task_cancelled_during_its_first_tokenizer_load_leaves_its_worker_usab
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["cancelled", "True"]
+
+
+def test_a_one_worker_stage_reads_the_rows_ray_trains_split_would(ray_local, small_corpus, tiny_model_dir):
+    """`loop.train_stream` hands a one-worker stage its dataset itself instead of Ray Train's split into one
+    part (two processes fewer a stage): the same rows in the same order, and the same again next epoch
+    (a resumed stage skips the micro-batches it trained on by counting them)."""
+    from ray.data import DataContext
+
+    from pedray.train.loop import _batches, train_stream
+
+    dataset = sft_dataset([small_corpus], str(tiny_model_dir), CFG)
+    (split,) = dataset.streaming_split(1, equal=True)
+    own = train_stream({"train_data": dataset, "data_context": DataContext.get_current()})
+    rows = len(np.concatenate([b["input_ids"] for b in split.iter_batches(batch_size=4, batch_format="numpy")]))
+    count = 2 * (rows // 4 + (rows % 4 > 0)) + 1  # two epochs and the first micro-batch of a third
+    theirs, mine = _batches(split, 4, skip=0), _batches(own, 4, skip=0)
+    pairs = [(next(theirs), next(mine)) for _ in range(count)]
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) and np.array_equal(a["labels"], b["labels"])
+               for a, b in pairs)
+    assert np.array_equal(pairs[0][1]["input_ids"], pairs[-1][1]["input_ids"])  # each epoch the same order
+    skipped = next(_batches(train_stream({"train_data": dataset}), 4, skip=3))
+    assert np.array_equal(skipped["input_ids"], pairs[3][1]["input_ids"])
+
+    class Counted:
+        """The stream, counting how often its pipeline runs (one `iter_batches` call an epoch)."""
+
+        def __init__(self, stream):
+            self.stream, self.runs = stream, 0
+
+        def iter_batches(self, **kwargs):
+            self.runs += 1
+            return self.stream.iter_batches(**kwargs)
+
+    # data.replay_mb: the first epoch kept and replayed gives the same micro-batches, from one pipeline run;
+    # an epoch over the limit streams every time; a resumed stage skips the same micro-batches.
+    for limit, runs in ((64 << 20, 1), (1000, 3), (0, 3)):
+        counted = Counted(train_stream({"train_data": dataset}))
+        batches = _batches(counted, 4, skip=0, replay_bytes=limit)
+        again = [next(batches) for _ in range(count)]
+        assert all(np.array_equal(a["input_ids"], b["input_ids"]) for (a, _), b in zip(pairs, again)), limit
+        assert counted.runs == runs, (limit, counted.runs)
+    resumed = _batches(Counted(train_stream({"train_data": dataset})), 4, skip=count - 2, replay_bytes=64 << 20)
+    assert all(np.array_equal(next(resumed)["labels"], a["labels"]) for a, _ in pairs[-2:])

@@ -162,6 +162,8 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
               for line in out.read_text(errors="replace").splitlines()[:5] if ":actor_name:" in line}
     assert "RayTrainWorker" in actors and "TrainController" in actors
     assert not actors & {"PlacementGroupCleaner", "PreemptionWatcher"}, actors
+    # nor, for a one-worker stage, Ray Train's dataset split (the worker reads the stream itself)
+    assert not actors & {"DatasetManager", "SplitCoordinator"}, actors
 
 
 def _report_recorder(path: Path):

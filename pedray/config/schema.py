@@ -36,8 +36,14 @@ class DataConfig:
     """global: Ray Data's all-to-all random_shuffle (best mixing; the exchange holds the dataset in the
     object store, spilling to disk). stream: nothing is held whole: files are read in a seeded order and
     records are shuffled within each batch, so mixing is as fine as the corpus is sharded into files."""
+    replay_mb: int = 256
+    """A one-worker stage keeps its first epoch of micro-batches when they fit in this many MB and replays
+    them for every later epoch, instead of reading, shuffling and tokenising the corpus again (the seeded
+    pipeline gives the same rows in the same order every epoch). A larger epoch streams every time; 0
+    never keeps one. Changes no result, so it is not part of a stage's fingerprint."""
 
     def __post_init__(self) -> None:
+        _check(self.replay_mb >= 0, "replay_mb must be >= 0")
         _check(16 <= self.seq_len <= 131072, "seq_len must be between 16 and 131072")
         _check(0.0 <= self.holdout < 0.5, "holdout must be in [0, 0.5)")
         _check(0.0 <= self.hybrid_ratio <= 10.0, "hybrid_ratio must be in [0, 10]")

@@ -55,18 +55,32 @@ class LoopState:
         return cls(**dict(known, resumed_from=saved["step"])), folder
 
 
-def _batches(shard, size: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
-    """Micro-batches over as many epochs as needed, skipping the first `skip` (already trained on)."""
-    seen = 0
+def _batches(shard, size: int, skip: int, replay_bytes: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches over as many epochs as needed, skipping the first `skip` (already trained on).
+
+    With `replay_bytes`, the first epoch is kept while it fits in that many bytes and replayed for the
+    epochs after it: only for a stream that is the worker's whole dataset, in the same order every epoch
+    (`data.replay_mb`). The demo's cpt ran its pipeline (read, shuffle, tokenise, pack) eight times for eight
+    epochs of the same rows."""
+    seen, kept, size_kept = 0, [] if replay_bytes > 0 else None, 0
+    first = True
     while True:
         empty = True
-        for batch in shard.iter_batches(batch_size=size, batch_format="numpy"):
+        epoch = kept if kept is not None and not first else shard.iter_batches(batch_size=size, batch_format="numpy")
+        for batch in epoch:
             empty = False
+            if first and kept is not None:
+                size_kept += sum(column.nbytes for column in batch.values())
+                if size_kept <= replay_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None  # too large: every epoch streams
             seen += 1
             if seen > skip:
                 yield batch
         if empty:
             raise ValueError("the stage's dataset is empty")
+        first = False
 
 
 class _Window:
@@ -103,6 +117,20 @@ class _Window:
         # the share of the window the ranks spent waiting for data (0: the stream keeps up with training)
         out["data_wait"] = values[-4].item() / (elapsed * ranks)
         return out, values[-1].item() > 0
+
+
+def train_stream(config: dict[str, Any]):
+    """The stage's training stream on this worker: Ray Train's split of the "train" dataset, or for a
+    one-worker stage the dataset itself (`config["train_data"]`, run by this process's Ray Data
+    executor under the driver's DataContext), each `iter_batches` call an epoch in the same seeded order."""
+    data = config.get("train_data")
+    if data is None:
+        return ray.train.get_dataset_shard("train")
+    from ray.data import DataContext
+
+    if config.get("data_context") is not None:
+        DataContext._set_current(config["data_context"])
+    return data.iterator()
 
 
 def _status(folder: str | None, rank: int, step: int) -> None:
@@ -249,8 +277,9 @@ class StageLoop:
         self.device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
 
         self.state, restored = LoopState.restore(ray.train.get_checkpoint())
-        self.batches = iter(_Prefetch(_batches(ray.train.get_dataset_shard("train"), scaling.micro_batch_size,
-                                               skip=self.state.consumed)))
+        replay = self.recipe.data.replay_mb << 20 if world == 1 else 0  # a rank's split differs by epoch
+        self.batches = iter(_Prefetch(_batches(train_stream(config), scaling.micro_batch_size,
+                                               skip=self.state.consumed, replay_bytes=replay)))
         ds_config = deepspeed_config(scaling, self.recipe.optim, self.settings, world)
         self.engine = Engine(self.spec.prepare(_load_model(self.upstream, self.recipe, ds_config), self.recipe),
                              ds_config)

@@ -30,6 +30,7 @@ def stage_fingerprint(recipe: Recipe, stage: str, upstream: str) -> str:
     of the stage's implementation (a Ray Train run under a reused name silently resumes its checkpoints)."""
     settings = {k: v for k, v in to_dict(recipe).items() if k in RUN_KEYS}
     settings["stages"] = settings["stages"][stage]
+    settings["data"] = {k: v for k, v in settings["data"].items() if k != "replay_mb"}  # speed only
     identity = {"stage": stage, "settings": settings, "upstream": upstream}
     if STAGE_SPECS[stage].version != 1:  # version 1 hashes as before versions existed: old runs stay valid
         identity["version"] = STAGE_SPECS[stage].version
@@ -123,14 +124,27 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     # split coordinator (a process) per stage and a streaming read at every evaluation.
     config = {"recipe": recipe, "stage": stage, "upstream": str(upstream),
               "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "held_out": datasets.get("eval")}
+    left_out = set(LEAN_TRAIN_CALLBACKS) if lean() else set()
+    if scaling.num_workers == 1:
+        # One worker reads the stream itself (`loop.train_stream`): Ray Train would start a dataset
+        # manager and a split coordinator, two processes per stage that import Ray Data and poll for
+        # the whole stage, to split the stream into one part.
+        from ray.data import DataContext
+
+        config.update(train_data=datasets["train"], data_context=DataContext.get_current())
+        train_datasets = {}
+        left_out.add("DatasetsCallback")  # it would start the manager without a dataset to manage
+    else:
+        train_datasets = {"train": datasets["train"]}
     trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
-                           datasets={"train": datasets["train"]})
-    if lean():
-        # Ray Train's helpers for shared clusters, left out on a private Ray (pedray.cluster.lean says why).
-        # tests/test_train.py checks that no cleaner starts, should Ray rename what is wrapped here.
+                           datasets=train_datasets)
+    if left_out:
+        # Ray Train's helpers for shared clusters, left out on a private Ray (pedray.cluster.lean says why),
+        # and the dataset split of a one-worker stage. tests/test_train.py checks that none of them
+        # starts, should Ray rename what is wrapped here.
         defaults = trainer._create_default_callbacks
         trainer._create_default_callbacks = lambda: [
-            callback for callback in defaults() if type(callback).__name__ not in LEAN_TRAIN_CALLBACKS]
+            callback for callback in defaults() if type(callback).__name__ not in left_out]
     return trainer
 
 
