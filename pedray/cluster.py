@@ -97,9 +97,10 @@ def map_without_restarts(dataset, fn, **kwargs):
         return dataset.map_batches(fn, max_restarts=0, **kwargs)
 
 
-def reap_dead_actors() -> list[int]:
+def reap_dead_actors(private: bool = False) -> list[int]:
     """On a lean private Ray (one Train run at a time): kill the processes of actors that Ray counts as dead
-    but that are still running; returns their PIDs. pedray calls it before each stage and at exit.
+    but that are still running; returns their PIDs. pedray calls it before each stage and at exit;
+    `private=True` also on a private Ray that pedray did not start itself (the tests' shared one, at its end).
 
     Ray 2.60's core worker can deadlock in its own exit handler (its event loop posts to itself while it
     shuts down): the actor is dead to Ray, its process lives on, 400 MB and a polling thread, and outlives
@@ -111,7 +112,7 @@ def reap_dead_actors() -> list[int]:
     import ray
     from ray._private import state
 
-    if not lean():
+    if not (lean() or private):
         return []
     try:
         raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)

@@ -67,4 +67,9 @@ def ray_local():
                  runtime_env={"env_vars": {"PEDRAY_CACHE": os.environ["PEDRAY_CACHE"]}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+    # A TrainController hung on exit after its run (Ray 2.60, pedray.cluster.reap_dead_actors) outlived one
+    # CI run's session as an orphan: its process is this session's raylet's child, killed here by PID.
+    from pedray.cluster import reap_dead_actors
+
+    reap_dead_actors(private=True)
     ray.shutdown()

@@ -127,3 +127,17 @@ def test_an_actor_process_that_hangs_on_exit_is_killed_by_pid_and_a_live_one_is_
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["before [True, False, True]", "killed True", "after [False, False, True]"], \
         done.stdout + done.stderr[-2000:]
+
+
+def test_the_tests_shared_ray_reaps_a_hung_actor_only_when_asked():
+    """A Ray started by plain `ray.init` (the tests' shared one) is not lean: reap_dead_actors leaves it
+    alone unless called with private=True, as the ray_local fixture does before its shutdown."""
+    script = REAP.replace("ensure_ray(num_cpus=1)",
+                          'ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")')
+    script = script.replace("reap_dead_actors() == [pids[0]]",
+                            "reap_dead_actors() == [] and reap_dead_actors(private=True) == [pids[0]]")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["before [True, False, True]", "killed True", "after [False, False, True]"], \
+        done.stdout + done.stderr[-2000:]

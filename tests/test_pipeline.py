@@ -172,6 +172,7 @@ def test_a_one_worker_stage_reads_the_rows_ray_trains_split_would(ray_local, sma
     count = 2 * (rows // 4 + (rows % 4 > 0)) + 1  # two epochs and the first micro-batch of a third
     theirs, mine = _batches(split, 4, skip=0), _batches(own, 4, skip=0)
     pairs = [(next(theirs), next(mine)) for _ in range(count)]
+    theirs.close(), mine.close()  # their executors end now, not during Ray's shutdown at the session's end
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) and np.array_equal(a["labels"], b["labels"])
                for a, b in pairs)
     assert np.array_equal(pairs[0][1]["input_ids"], pairs[-1][1]["input_ids"])  # each epoch the same order
@@ -194,7 +195,9 @@ def test_a_one_worker_stage_reads_the_rows_ray_trains_split_would(ray_local, sma
         counted = Counted(train_stream({"train_data": dataset}))
         batches = _batches(counted, 4, skip=0, replay_bytes=limit)
         again = [next(batches) for _ in range(count)]
+        batches.close()
         assert all(np.array_equal(a["input_ids"], b["input_ids"]) for (a, _), b in zip(pairs, again)), limit
         assert counted.runs == runs, (limit, counted.runs)
     resumed = _batches(Counted(train_stream({"train_data": dataset})), 4, skip=count - 2, replay_bytes=64 << 20)
     assert all(np.array_equal(next(resumed)["labels"], a["labels"]) for a, _ in pairs[-2:])
+    resumed.close()
