@@ -122,8 +122,13 @@ def test_an_actor_process_that_hangs_on_exit_is_killed_by_pid_and_a_live_one_is_
     """Ray 2.60's core worker can deadlock in its exit handler and leave an actor's process (400 MB) behind
     the session: reap_dead_actors kills the process of an actor the GCS has as dead, by PID, and leaves
     a live actor's process alone."""
+    _hung_actor_reaped(REAP)
+
+
+def _hung_actor_reaped(script: str) -> None:
+    """Run a REAP script in its own process: the hung actor's process killed, the others as they were."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", REAP], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["before [True, False, True]", "killed True", "after [False, False, True]"], \
         done.stdout + done.stderr[-2000:]
@@ -136,8 +141,4 @@ def test_the_tests_shared_ray_reaps_a_hung_actor_only_when_asked():
                           'ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")')
     script = script.replace("reap_dead_actors() == [pids[0]]",
                             "reap_dead_actors() == [] and reap_dead_actors(private=True) == [pids[0]]")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["before [True, False, True]", "killed True", "after [False, False, True]"], \
-        done.stdout + done.stderr[-2000:]
+    _hung_actor_reaped(script)
