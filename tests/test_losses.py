@@ -257,3 +257,52 @@ def test_unlikelihood_matches_a_plain_loop_on_random_packed_rows():
                 seen.setdefault(doc, set()).add(target)
                 index += 1
     assert ours.item() == pytest.approx(total / targets.numel(), rel=1e-5)
+
+
+def _dense_unlikelihood(logits, targets, keep, position_ids):
+    """The unlikelihood term over all of [N, V] (a softmax, log1p and candidate mask everywhere): the
+    form `unlikelihood_loss` replaced, kept here as the reference for its values and gradients."""
+    document = (position_ids == 0).cumsum(-1)
+    rows = torch.arange(keep.shape[0]).unsqueeze(1).expand_as(keep)[keep]
+    docs = document[keep]
+    order = torch.arange(targets.numel())
+    earlier = (rows[:, None] == rows[None, :]) & (docs[:, None] == docs[None, :]) & (order[None, :] < order[:, None])
+    candidates = torch.zeros_like(logits).scatter_add_(
+        1, targets.unsqueeze(0).expand(targets.numel(), -1), earlier.float()) > 0
+    candidates[order, targets] = False
+    probs = torch.softmax(logits, dim=-1)
+    return (-torch.log1p(-probs.clamp(max=1 - 1e-6)) * candidates).sum() / targets.numel()
+
+
+def test_unlikelihood_gathers_the_dense_forms_values_and_gradients():
+    """Packed rows with repeats (a small vocabulary's worth of ids in a larger one): the gathered term, on its
+    own and shared with the LM loss's log-softmax, gives the dense form's loss and logits gradient."""
+    from pedray.losses import next_token_targets, unlikelihood_loss
+
+    torch.manual_seed(1)
+    labels = torch.randint(0, 12, (3, 40))
+    labels[:, :5] = -100
+    labels[1, 20:26] = -100
+    positions = torch.cat([torch.arange(22), torch.arange(18)]).expand(3, 40).contiguous()
+    keep, targets = next_token_targets(labels)
+    base = torch.randn(targets.numel(), 50) * 3
+
+    def grad_of(fn):
+        logits = base.clone().requires_grad_(True)
+        value = fn(logits)
+        value.backward()
+        return value.detach(), logits.grad
+
+    dense, dense_grad = grad_of(lambda x: _dense_unlikelihood(x, targets, keep, positions))
+    ours, ours_grad = grad_of(lambda x: unlikelihood_loss(x, targets, keep, positions)[0])
+    assert dense.item() > 0.05  # the case has candidates
+    torch.testing.assert_close(ours, dense)
+    torch.testing.assert_close(ours_grad, dense_grad)
+    both, both_grad = grad_of(lambda x: labelled_lm_loss(x, targets, 2.0, keep, positions)[0])
+    apart, apart_grad = grad_of(lambda x: labelled_lm_loss(x, targets)[0] + 2.0 * _dense_unlikelihood(
+        x, targets, keep, positions))
+    torch.testing.assert_close(both, apart)
+    torch.testing.assert_close(both_grad, apart_grad)
+    _, metrics = labelled_lm_loss(base, targets, 2.0, keep, positions)
+    torch.testing.assert_close(metrics["loss"], labelled_lm_loss(base, targets)[0])
+    torch.testing.assert_close(metrics["unlikelihood"], dense)

@@ -58,18 +58,7 @@ def lm_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tupl
     keep, targets = next_token_targets(batch["labels"])
     logits = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
                      logits_at=keep).logits
-    loss, metrics = labelled_lm_loss(logits, targets)
-    return _with_unlikelihood(loss, metrics, logits, targets, keep, batch["position_ids"],
-                              recipe.stage(stage).unlikelihood)
-
-
-def _with_unlikelihood(loss, metrics, logits, targets, keep, position_ids, weight: float) -> tuple[torch.Tensor, dict]:
-    """The LM loss plus `weight` times the unlikelihood term (reported apart; `loss` stays the LM loss)."""
-    if weight <= 0:
-        return loss, metrics
-    penalty, extra = unlikelihood_loss(logits, targets, keep, position_ids)
-    metrics.update(extra)
-    return loss + weight * penalty, metrics
+    return labelled_lm_loss(logits, targets, recipe.stage(stage).unlikelihood, keep, batch["position_ids"])
 
 
 def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
@@ -79,10 +68,8 @@ def mouse_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> t
     output = forward(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                      task_ids=batch.get("task_ids"), use_cache=False, logits_at=keep)
     mask = batch["task_ids"] >= 0 if "task_ids" in batch else None
-    loss, metrics = mixture_lm_loss(output.logits, targets, getattr(output, "gates", []), mask,
-                                    recipe.lora.balance_coef)
-    return _with_unlikelihood(loss, metrics, output.logits, targets, keep, batch["position_ids"],
-                              recipe.stage(stage).unlikelihood)
+    return mixture_lm_loss(output.logits, targets, getattr(output, "gates", []), mask, recipe.lora.balance_coef,
+                           recipe.stage(stage).unlikelihood, keep, batch["position_ids"])
 
 
 def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str) -> tuple[torch.Tensor, dict]:
@@ -95,13 +82,16 @@ def preference_loss(forward: Callable, batch: Batch, recipe: Recipe, stage: str)
     settings = recipe.stage(stage)
     loss, metrics = dfpo_loss(logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
                               lengths[:half], beta=settings.beta, mu=settings.mu)
+    if settings.unlikelihood <= 0:
+        return loss, metrics
     # the following term is SFT on the chosen answers: it gets sft's unlikelihood term too (one answer a row,
     # so positions count from 0 in every row; the chosen rows come first, so their positions are the first
     # rows of the row-major logits)
     chosen = int(keep[:half].sum())
     positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep[:half])
-    return _with_unlikelihood(loss, metrics, logits[:chosen], targets[:chosen], keep[:half], positions,
-                              settings.unlikelihood)
+    penalty, extra = unlikelihood_loss(logits[:chosen], targets[:chosen], keep[:half], positions)
+    metrics.update(extra)
+    return loss + settings.unlikelihood * penalty, metrics
 
 
 def full_model(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
