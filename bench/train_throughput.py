@@ -9,7 +9,8 @@ matmul ceiling measured in the same run with the same thread count.
 The compared rows (our loop, the sft stage, LLaMA-Factory's best configuration) run in three rounds,
 each round in a rotated order, because this kind of machine drifts by tens of percent over minutes;
 a ratio is the median of the ratios measured within one round. `--quick` is a smoke run of the same
-path: the tiny model, one round, six steps, no LLaMA-Factory unless `--peer`.
+path: the tiny model, one round, six steps, no LLaMA-Factory unless `--peer`. `--idle-ray` adds a row that
+splits the stage's overhead: our loop again, while a private Ray sits idle beside it.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def main() -> None:
                         "(its helpers for shared clusters running, as before pedray.cluster.lean)")
     parser.add_argument("--profile", action="store_true", help="CPU seconds per process over the sft stage's "
                         "steady windows (each round), in the results as `profile`")
+    parser.add_argument("--idle-ray", action="store_true", help="also the plain loop beside an idle private "
+                        "Ray (what Ray's own processes cost the loop, apart from the stage's code)")
     peer = parser.add_mutually_exclusive_group()
     peer.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory (its environment takes minutes "
                       "to create on first use)")
@@ -273,11 +276,23 @@ def main() -> None:
             profiles.append(dict(sampler.window(*span), row="ray_defaults" if defaults else "pedray", round=index))
         return row
 
+    def plain_beside_idle_ray(index: int) -> dict:
+        # The plain loop again, in this process, while a private Ray started as `ours` starts it sits idle
+        # beside it (raylet, GCS, log monitor, agents, prestarted workers; no Train run, no Ray Data): what
+        # Ray's processes alone cost a loop whose OpenMP threads hold every core.
+        ensure_ray(num_cpus=2)
+        try:
+            return plain_loop(model_dir, rows, 8, steps, args.precision, threads)
+        finally:
+            ray.shutdown()
+
     # LLaMA-Factory in the fastest precision this CPU has (bf16 only with AMX or AVX512-BF16).
     lf_precision = "bf16" if bf16_fast else "fp32"
     python = None if args.no_peer or (args.quick and not args.peer) else ensure_env(cache_root() / "peers")
     compared = {"plain_loop_1proc": lambda index: plain_loop(model_dir, rows, 8, steps, args.precision, threads),
                 "pedray_sft_ray_deepspeed": ours}
+    if args.idle_ray:
+        compared["plain_loop_beside_idle_ray"] = plain_beside_idle_ray
     if args.ray_defaults:
         compared["pedray_sft_ray_defaults"] = lambda index: ours(index, defaults=True)
     if python is not None:
@@ -328,6 +343,9 @@ def main() -> None:
         bar = 1.2 if amx else 1.0
         checks.append({"name": "pedray_vs_llamafactory_best" + ("_amx" if amx else ""), "value": round(versus, 3),
                        "target": f">= {bar}", "met": versus >= bar})
+    if "plain_loop_beside_idle_ray" in results:
+        beside, results["idle_ray_vs_plain_loop_per_round"] = ratio("plain_loop_beside_idle_ray", "plain_loop_1proc")
+        results["idle_ray_cost"] = round(1 - beside, 3)  # the share of the loop's speed an idle Ray takes
     if "pedray_sft_ray_defaults" in results:
         lean_gain, results["pedray_vs_ray_defaults_per_round"] = ratio("pedray_sft_ray_deepspeed",
                                                                        "pedray_sft_ray_defaults")
