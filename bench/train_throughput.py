@@ -276,20 +276,23 @@ def main() -> None:
             profiles.append(dict(sampler.window(*span), row="ray_defaults" if defaults else "pedray", round=index))
         return row
 
+    def plain(index: int) -> dict:
+        return plain_loop(model_dir, rows, 8, steps, args.precision, threads)
+
     def plain_beside_idle_ray(index: int) -> dict:
         # The plain loop again, in this process, while a private Ray started as `ours` starts it sits idle
         # beside it (raylet, GCS, log monitor, agents, prestarted workers; no Train run, no Ray Data): what
         # Ray's processes alone cost a loop whose OpenMP threads hold every core.
         ensure_ray(num_cpus=2)
         try:
-            return plain_loop(model_dir, rows, 8, steps, args.precision, threads)
+            return plain(index)
         finally:
             ray.shutdown()
 
     # LLaMA-Factory in the fastest precision this CPU has (bf16 only with AMX or AVX512-BF16).
     lf_precision = "bf16" if bf16_fast else "fp32"
     python = None if args.no_peer or (args.quick and not args.peer) else ensure_env(cache_root() / "peers")
-    compared = {"plain_loop_1proc": lambda index: plain_loop(model_dir, rows, 8, steps, args.precision, threads),
+    compared = {"plain_loop_1proc": plain,
                 "pedray_sft_ray_deepspeed": ours}
     if args.idle_ray:
         compared["plain_loop_beside_idle_ray"] = plain_beside_idle_ray
