@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,16 +91,27 @@ def test_a_stage_adds_worker_nodes_which_go_away_and_serve_scales_replicas(fake_
     gcs, dashboard, env = fake_cluster
     out, status = tmp_path / "out", tmp_path / "status"
     status.mkdir()
-    submitted = subprocess.run(
+
+    def submit() -> subprocess.CompletedProcess:
         # No --working-dir: the simulated nodes share one disk, and one node's clean-up of the unpacked
         # package would delete the other nodes' copy under their running workers. pedray is installed.
-        [RAY, "job", "submit", "--address", dashboard,
-         "--runtime-env-json", json.dumps({"env_vars": {"PEDRAY_STATUS_DIR": str(status)}}), "--",
-         sys.executable, str(REPO / "jobs" / "train_all.py"), "--config", str(REPO / "jobs" / "tiny.yaml"),
-         "--stages", "sft", "--output-dir", str(out),
-         "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", 'scaling.resources={"pedray_worker": 1}',
-         "stages.sft.max_steps=4", "stages.sft.checkpoint_every=4", "eval.after_stages=false"],
-        env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [RAY, "job", "submit", "--address", dashboard,
+             "--runtime-env-json", json.dumps({"env_vars": {"PEDRAY_STATUS_DIR": str(status)}}), "--",
+             sys.executable, str(REPO / "jobs" / "train_all.py"), "--config", str(REPO / "jobs" / "tiny.yaml"),
+             "--stages", "sft", "--output-dir", str(out),
+             "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", 'scaling.resources={"pedray_worker": 1}',
+             "stages.sft.max_steps=4", "stages.sft.checkpoint_every=4", "eval.after_stages=false"],
+            env=env, capture_output=True, text=True, timeout=600)
+
+    submitted = submit()
+    for _ in range(12):
+        # The dashboard answers before its head node's job agent has registered; Ray then refuses the
+        # submission (no job made) and says to try again later (once here, in a test run beside other work).
+        if submitted.returncode == 0 or "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+            break
+        time.sleep(5)
+        submitted = submit()
     assert submitted.returncode == 0 and "succeeded" in submitted.stdout, submitted.stdout[-3000:] + submitted.stderr[-999:]
     manifest = json.loads((out / "sft" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["steps"] == 4

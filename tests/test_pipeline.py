@@ -158,12 +158,12 @@ def test_a_task_cancelled_during_its_first_tokenizer_load_leaves_its_worker_usab
 
 
 def test_a_one_worker_stage_reads_the_rows_ray_trains_split_would(ray_local, small_corpus, tiny_model_dir):
-    """`loop.train_stream` hands a one-worker stage its dataset itself instead of Ray Train's split into one
+    """`stream.train_stream` hands a one-worker stage its dataset itself instead of Ray Train's split into one
     part (two processes fewer a stage): the same rows in the same order, and the same again next epoch
     (a resumed stage skips the micro-batches it trained on by counting them)."""
     from ray.data import DataContext
 
-    from pedray.train.loop import _batches, train_stream
+    from pedray.train.stream import micro_batches as _batches, train_stream
 
     dataset = sft_dataset([small_corpus], str(tiny_model_dir), CFG)
     (split,) = dataset.streaming_split(1, equal=True)

@@ -26,13 +26,16 @@ def _step_of(status_dir: Path, rank: int):
 
 
 def _registered_checkpoints(run_root: Path, stage: str) -> int:
-    """Checkpoints Ray Train's controller has registered for a stage (its snapshot in storage)."""
-    for snapshot in run_root.glob(f"{stage}-*/checkpoint_manager_snapshot.json"):
+    """Checkpoints of a stage that Ray Train's controller has registered (the snapshots in storage): of
+    its own run, or of a chain's run it shares (pedray.train.group)."""
+    count = 0
+    for snapshot in run_root.glob("*/checkpoint_manager_snapshot.json"):
         try:
-            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
         except (OSError, json.JSONDecodeError, KeyError):
-            return 0
-    return 0
+            continue
+        count += sum(f"{stage}/loss" in result["metrics"] for result in results)
+    return count
 
 
 def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp_path, capsys):
@@ -125,12 +128,14 @@ def test_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path, m
 @pytest.mark.slow
 def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     """train_all.py is SIGKILLed (with its whole process group) during sft; the rerun skips cpt and
-    resumes sft from its last checkpoint."""
+    resumes sft from its last checkpoint. (sft has steps enough to be still training when the kill comes:
+    in a chain's shared run, pedray.train.group, the worker writes the stage folder, and one that had
+    finished its last step would write it during the kill.)"""
     status = tmp_path / "status"
     status.mkdir()
     command = [sys.executable, str(REPO / "jobs" / "train_all.py"), "--config", str(TINY), "--output-dir",
                str(tmp_path / "out"), "--stages", "cpt,sft", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
-               "stages.sft.max_steps=14", "stages.sft.checkpoint_every=4", "eval.after_stages=false"]
+               "stages.sft.max_steps=60", "stages.sft.checkpoint_every=4", "eval.after_stages=false"]
     env = dict(os.environ, PEDRAY_STATUS_DIR=str(status))
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -145,11 +150,11 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[cpt] complete already" in second.stdout
     manifest = json.loads((tmp_path / "out" / "sft" / "manifest.json").read_text())
-    assert manifest["steps"] == 14 and manifest["resumed_from_step"] >= 4
+    assert manifest["steps"] == 60 and 4 <= manifest["resumed_from_step"] < 60
     # A console a person can follow: each progress line once, no Ray Train or Ray Data INFO lines
     console = second.stdout + second.stderr
     progress = [line.split(")")[-1].strip() for line in console.splitlines() if "[sft]" in line and "% " in line]
-    assert progress and len(progress) == len(set(progress)) and "left" in progress[-1] and "14/14" in progress[-1]
+    assert progress and len(progress) == len(set(progress)) and "left" in progress[-1] and "60/60" in progress[-1]
     for noise in ("core_worker.cc", "Setting accelerator to CPU",
                   "Reporting training result", "Execution plan of Dataset", "Starting execution of Dataset",
                   "PlacementGroupCleaner", "Checkpoint successfully created", "Progress bars disabled",
@@ -164,6 +169,41 @@ def test_rerun_after_driver_death_skips_done_stages_and_resumes(tmp_path):
     assert not actors & {"PlacementGroupCleaner", "PreemptionWatcher"}, actors
     # nor, for a one-worker stage, Ray Train's dataset split (the worker reads the stream itself)
     assert not actors & {"DatasetManager", "SplitCoordinator"}, actors
+
+
+@pytest.mark.slow
+def test_a_chain_shares_one_worker_process_and_trains_as_a_run_per_stage(ray_local, tmp_path, monkeypatch):
+    """One worker on a private Ray: the chain's stages run one after another in one Train worker process
+    (pedray.train.group), number for number as in a Train run per stage, and each stage keeps its final
+    checkpoint in the shared run. A whole CPU for the worker, as in the demo: Ray Data sizes a small read by
+    the CPUs of the placement group it runs in, and the per-stage runs read the held-out rows in the
+    driver, outside any (a half-CPU worker reads them in other blocks, so other rows)."""
+    from pedray.train import group
+    from pedray.train.chain import train_all
+
+    status = tmp_path / "status"
+    status.mkdir()
+    monkeypatch.setenv("PEDRAY_STATUS_DIR", str(status))
+    runs = {}
+    for shared in (True, False):
+        monkeypatch.setattr(group, "private", lambda: shared)  # ray_local is this machine's Ray, started here
+        recipe = load_recipe(TINY, [f"output_dir={tmp_path / str(shared)}", "scaling.num_workers=1",
+                                    "scaling.cpus_per_worker=1", "stages.cpt.max_steps=4", "stages.sft.max_steps=4", "stages.dfpo.max_steps=2",
+                                    "stages.mouse.max_steps=4", "stages.mouse.checkpoint_every=2"])
+        pids = {}
+        manifests = train_all(recipe, after_stage=lambda stage, _: pids.update({stage: _step_of(status, 0)["pid"]}))
+        runs[shared] = manifests, pids
+    (shared, shared_pids), (own, own_pids) = runs[True], runs[False]
+    assert list(shared_pids) == list(own_pids) == ["cpt", "sft", "dfpo", "mouse"]
+    assert len(set(shared_pids.values())) == 1 and len(set(own_pids.values())) == 4
+    assert len(list((tmp_path / "True" / "ray").iterdir())) == 1  # one Train run
+    for stage in shared:
+        assert shared[stage]["fingerprint"] == own[stage]["fingerprint"]
+        assert shared[stage]["held_out_loss"] == own[stage]["held_out_loss"], stage
+        assert shared[stage]["final_loss"] == own[stage]["final_loss"], stage
+        assert Path(shared[stage]["paths"]["checkpoint"], "state.json").is_file(), stage  # kept
+        assert shared[stage]["upstream"] == {**own[stage]["upstream"], "path": own[stage]["upstream"]["path"].replace(
+            str(tmp_path / "False"), str(tmp_path / "True"))}
 
 
 def _report_recorder(path: Path):

@@ -143,6 +143,9 @@ class ScalingConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each worker asks for besides CPU and GPU (a node type's resource, e.g.
     `{"accelerator_type:A100": 0.01}`), so that the autoscaler adds nodes of that type."""
+    share_worker: bool = True
+    """One worker on a private local Ray: a chain's consecutive stages run in one Train run and one worker
+    process (`pedray.train.group`); false gives each stage a run of its own, as on a cluster. Speed only."""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "num_workers must be non-negative")

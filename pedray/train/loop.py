@@ -22,6 +22,7 @@ from pedray.config.schema import Recipe
 from pedray.model.build import load_model, load_tokenizer
 from pedray.train.engine import Engine, deepspeed_config, process_group, zero3_loading
 from pedray.train.stages import STAGE_SPECS, StageSpec, collate_packed, collate_pairs
+from pedray.train.stream import Prefetch, micro_batches, share, train_stream
 
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
@@ -43,44 +44,25 @@ class LoopState:
     """The step this run resumed from (None for a fresh start)."""
     done: bool = False
     """Written only into the final checkpoint: a run restored from it has nothing left to train."""
+    stage: str = ""
+    """The stage the checkpoint is of (a chain's run holds several: `pedray.train.group`)."""
 
     @classmethod
-    def restore(cls, checkpoint) -> tuple["LoopState", Path | None]:
-        """The state of the latest checkpoint and a local copy of it (a fresh state and None without one)."""
-        if checkpoint is None:
-            return cls(), None
+    def restore(cls, checkpoint, stage: str) -> tuple["LoopState", Path | None]:
+        """The state of the latest checkpoint and a local copy of it; a fresh state and None without one,
+        or when it is another stage's."""
+        if checkpoint is None or _saved_stage(checkpoint) not in ("", stage):
+            return cls(stage=stage), None
         folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pedray-restore-")))
         saved = json.loads((folder / STATE_FILE).read_text())
         known = {name: saved[name] for name in cls.__dataclass_fields__ if name in saved}
-        return cls(**dict(known, resumed_from=saved["step"])), folder
+        return cls(**dict(known, resumed_from=saved["step"], stage=stage)), folder
 
 
-def _batches(shard, size: int, skip: int, replay_bytes: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Micro-batches over as many epochs as needed, skipping the first `skip` (already trained on).
-
-    With `replay_bytes`, the first epoch is kept while it fits in that many bytes and replayed for the
-    epochs after it: only for a stream that is the worker's whole dataset, in the same order every epoch
-    (`data.replay_mb`). The demo's cpt ran its pipeline (read, shuffle, tokenise, pack) eight times for eight
-    epochs of the same rows."""
-    seen, kept, size_kept = 0, [] if replay_bytes > 0 else None, 0
-    first = True
-    while True:
-        empty = True
-        epoch = kept if kept is not None and not first else shard.iter_batches(batch_size=size, batch_format="numpy")
-        for batch in epoch:
-            empty = False
-            if first and kept is not None:
-                size_kept += sum(column.nbytes for column in batch.values())
-                if size_kept <= replay_bytes:
-                    kept.append(batch)
-                else:
-                    kept = None  # too large: every epoch streams
-            seen += 1
-            if seen > skip:
-                yield batch
-        if empty:
-            raise ValueError("the stage's dataset is empty")
-        first = False
+def _saved_stage(checkpoint) -> str:
+    """The stage a checkpoint is of, read from its state alone ("" for one saved before stages were kept)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as handle:
+        return json.loads(handle.read().decode()).get("stage", "")
 
 
 class _Window:
@@ -119,20 +101,6 @@ class _Window:
         return out, values[-1].item() > 0
 
 
-def train_stream(config: dict[str, Any]):
-    """The stage's training stream on this worker: Ray Train's split of the "train" dataset, or for a
-    one-worker stage the dataset itself (`config["train_data"]`, run by this process's Ray Data
-    executor under the driver's DataContext), each `iter_batches` call an epoch in the same seeded order."""
-    data = config.get("train_data")
-    if data is None:
-        return ray.train.get_dataset_shard("train")
-    from ray.data import DataContext
-
-    if config.get("data_context") is not None:
-        DataContext._set_current(config["data_context"])
-    return data.iterator()
-
-
 def _status(folder: str | None, rank: int, step: int) -> None:
     """Heartbeat for operators and tests: <status_dir>/rank<r>.json (pid, step and Ray node)."""
     if folder:
@@ -154,8 +122,9 @@ def _load_model(upstream: str, recipe: Recipe, ds_config: dict[str, Any]):
 
 
 def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, local: bool,
-                export: Callable[[Path], None] | None = None) -> None:
-    """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders.
+                export: Callable[[Path], None] | None = None, saved: Callable[[Path], None] | None = None) -> None:
+    """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders. `saved(folder)`
+    runs on rank 0 once the checkpoint is persisted (`ray.train.get_checkpoint()` is then this one).
 
     Ray copies the folder to storage, so it is removed after the report; in local mode (no workers)
     Ray keeps the folder itself as the checkpoint, so it stays.
@@ -168,41 +137,11 @@ def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, 
             if export is not None:
                 export(folder / EXPORT_DIR)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if saved is not None and rank == 0:
+            saved(folder)
     finally:
         if not local:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-class _Prefetch:
-    """Pulls the first micro-batch in a thread, so the data pipeline starts while the model loads."""
-
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]]) -> None:
-        import threading
-
-        self.batches, self.first, self.error = batches, None, None
-        self.thread = threading.Thread(target=self._pull, daemon=True)
-        self.thread.start()
-
-    def _pull(self) -> None:
-        try:
-            self.first = next(self.batches)
-        except BaseException as err:  # re-raised in the training thread
-            self.error = err
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        yield self.first
-        yield from self.batches
-
-
-def _share(rows: dict[str, np.ndarray], size: int, rank: int, world: int) -> Iterator[dict[str, np.ndarray]]:
-    """Micro-batches of `size` over this rank's share of `rows` (every world-th row from its rank on)."""
-    mine = np.arange(rank, len(next(iter(rows.values()))), world)
-    for start in range(0, len(mine), size):
-        picked = mine[start:start + size]
-        yield {name: column[picked] for name, column in rows.items()}
 
 
 def _evaluate(engine, batches: Iterator[dict[str, np.ndarray]], spec: StageSpec, recipe: Recipe, stage: str,
@@ -239,7 +178,7 @@ class _Progress:
               f"lr {lr:.2e}  tok/s {tokens_per_s:,.0f}  left {int(left) // 60}m{int(left) % 60:02d}s", flush=True)
 
 
-def _quiet_known_noise() -> None:
+def quiet_known_noise() -> None:
     """What a worker would print that is not a problem, configured away here so that it holds on any
     cluster (each for the reason given); real warnings stay."""
     import importlib.util
@@ -276,10 +215,15 @@ class StageLoop:
         torch.manual_seed(self.recipe.data.seed + self.rank)
         self.device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
 
-        self.state, restored = LoopState.restore(ray.train.get_checkpoint())
+        # a chain's run (`pedray.train.group`) says which checkpoint, if any, is this stage's to resume
+        checkpoint = config["checkpoint"] if "checkpoint" in config else ray.train.get_checkpoint()
+        self.state, restored = LoopState.restore(checkpoint, self.stage)
+        self.saved: Callable[[Path], None] | None = config.get("saved")
+        """Called with the final checkpoint's folder on rank 0 (a chain's run writes the stage folder)."""
         replay = self.recipe.data.replay_mb << 20 if world == 1 else 0  # a rank's split differs by epoch
-        self.batches = iter(_Prefetch(_batches(train_stream(config), scaling.micro_batch_size,
-                                               skip=self.state.consumed, replay_bytes=replay)))
+        self.prefetch = Prefetch(micro_batches(train_stream(config), scaling.micro_batch_size,
+                                           skip=self.state.consumed, replay_bytes=replay))
+        self.batches = iter(self.prefetch)
         ds_config = deepspeed_config(scaling, self.recipe.optim, self.settings, world)
         self.engine = Engine(self.spec.prepare(_load_model(self.upstream, self.recipe, ds_config), self.recipe),
                              ds_config)
@@ -307,7 +251,7 @@ class StageLoop:
         """The held-out loss now (None without a held-out split), kept in the state and printed."""
         if self.held_out is None:
             return None
-        batches = _share(self.held_out, self.recipe.scaling.micro_batch_size, self.rank, self.world)
+        batches = share(self.held_out, self.recipe.scaling.micro_batch_size, self.rank, self.world)
         loss = _evaluate(self.engine, batches, self.spec, self.recipe, self.stage, lambda batch: self.collate(batch)[0])
         self.state.eval.append({"step": self.state.step, "loss": loss})
         self._say(f"step {self.state.step}  held-out loss {loss:.4f}")
@@ -345,7 +289,7 @@ class StageLoop:
                 window = _Window()
             if step % self.settings.checkpoint_every == 0 and not last:
                 self.evaluate()
-                _checkpoint(self.engine, self.state, self.metrics, self.rank, self.local)
+                _checkpoint(self.engine, self.state, dict(self.metrics, finished=0), self.rank, self.local)
                 reported = time.monotonic()
             elif due and not last:  # the last step reports with the final checkpoint
                 ray.train.report(self.metrics)
@@ -375,7 +319,14 @@ class StageLoop:
         full_state = self.engine.full_state_dict()
         # "done" is a reserved result key in Ray Tune (it ends the trial at once): the metric is "finished".
         _checkpoint(self.engine, replace(self.state, done=True), dict(self.metrics, finished=1), self.rank,
-                    self.local, export=lambda folder: self.export(full_state, folder))
+                    self.local, export=lambda folder: self.export(full_state, folder), saved=self.saved)
+
+    def close(self) -> None:
+        """Stop the stage's data stream (its Ray Data execution) and drop the engine, for the next stage
+        in the same process."""
+        self.batches.close()
+        self.prefetch.close()
+        del self.engine
 
     def export(self, full_state: dict[str, torch.Tensor], folder: Path) -> None:
         self.spec.export(self.engine.module, full_state, folder)
@@ -386,5 +337,5 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config`: recipe (the Recipe object), stage, upstream (model folder),
     status_dir, held_out (the held-out rows as numpy columns, or None)."""
     with process_group(config["recipe"].scaling.use_gpu):
-        _quiet_known_noise()
+        quiet_known_noise()
         StageLoop(config).run()

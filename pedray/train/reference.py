@@ -47,13 +47,14 @@ class ReferenceScorer:
 
 
 def score_reference(dataset, model_dir: str | Path, out: str | Path, batch_size: int = 16,
-                    trust_remote_code: bool = False) -> str | Path:
+                    trust_remote_code: bool = False, here: bool | None = None) -> str | Path:
     """Write the preference dataset with reference log-probs to `out` (Parquet, a folder or URI) once;
-    reuse it after."""
+    reuse it after. `here`: score in this process (default: on a private Ray; a chain's shared train
+    worker, `pedray.train.group`, has torch and transformers loaded already) rather than in an actor."""
     marker = storage.join(out, "_complete")
     if storage.read_text(marker) is not None:
         return out
-    if private():
+    if private() if here is None else here:
         _score_here(dataset, model_dir, out, batch_size, trust_remote_code)
         storage.write_text(marker, "ok")
         return out

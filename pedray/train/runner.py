@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pedray import storage
 from pedray.cluster import LEAN_TRAIN_CALLBACKS, lean, own_tasks_hold_the_cpus, reap_dead_actors
@@ -31,6 +31,7 @@ def stage_fingerprint(recipe: Recipe, stage: str, upstream: str) -> str:
     settings = {k: v for k, v in to_dict(recipe).items() if k in RUN_KEYS}
     settings["stages"] = settings["stages"][stage]
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "replay_mb"}  # speed only
+    settings["scaling"] = {k: v for k, v in settings["scaling"].items() if k != "share_worker"}  # the same
     identity = {"stage": stage, "settings": settings, "upstream": upstream}
     if STAGE_SPECS[stage].version != 1:  # version 1 hashes as before versions existed: old runs stay valid
         identity["version"] = STAGE_SPECS[stage].version
@@ -99,7 +100,25 @@ def checkpoint_storage(recipe: Recipe) -> tuple[str, Any]:
 
 def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_name: str,
              callbacks: list | None = None):
+    """One stage's Train run (`train_loop`), its data built here in the driver."""
+    # held_out: the held-out rows themselves (a few dozen), not a dataset: a Ray Dataset would start a
+    # split coordinator (a process) per stage and a streaming read at every evaluation.
+    config = {"recipe": recipe, "stage": stage, "upstream": str(upstream), "held_out": datasets.get("eval")}
+    train_datasets = {"train": datasets["train"]}
+    if recipe.scaling.num_workers == 1:
+        # One worker reads the stream itself (`stream.train_stream`): Ray Train would start a dataset
+        # manager and a split coordinator, two processes per stage that import Ray Data and poll for
+        # the whole stage, to split the stream into one part.
+        config["train_data"], train_datasets = datasets["train"], {}
+    return train_run(recipe, [stage], train_loop, config, run_name, train_datasets, callbacks)
+
+
+def train_run(recipe: Recipe, stages: list[str], loop: Callable[[dict], None], config: dict[str, Any],
+              run_name: str, datasets: dict | None = None, callbacks: list | None = None):
+    """The TorchTrainer that runs `loop(config)` on the recipe's workers for `stages` (one, or several in
+    turn: `pedray.train.group`), with pedray's run settings."""
     import ray.train
+    from ray.data import DataContext
     from ray.train.torch import TorchTrainer
 
     scaling = recipe.scaling
@@ -111,8 +130,12 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     storage, filesystem = checkpoint_storage(recipe)
     run = ray.train.RunConfig(
         name=run_name, storage_path=storage, storage_filesystem=filesystem,
-        failure_config=ray.train.FailureConfig(max_failures=recipe.stage(stage).max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or None,
+        failure_config=ray.train.FailureConfig(max_failures=max(recipe.stage(stage).max_failures for stage in stages)),
+        # Each stage's final checkpoint ("finished": 1) outranks the intermediate ones, and Ray always keeps
+        # the latest: every stage of a shared run keeps its final checkpoint, and one intermediate is kept.
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=len(stages) + 1, checkpoint_score_attribute="finished",
+                                                     checkpoint_score_order="max"),
+        callbacks=callbacks or None,
         # The console gets the stage's own progress lines; Train's INFO lines (every report, checkpoint and
         # worker-group step) stay in its log files under the Ray session's logs/train/.
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -120,24 +143,13 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
         # every library's print (DeepSpeed's op builds), reached the console twice.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
-    # held_out: the held-out rows themselves (a few dozen), not a dataset: a Ray Dataset would start a
-    # split coordinator (a process) per stage and a streaming read at every evaluation.
-    config = {"recipe": recipe, "stage": stage, "upstream": str(upstream),
-              "status_dir": os.environ.get("PEDRAY_STATUS_DIR"), "held_out": datasets.get("eval")}
+    # data_context: the driver's Ray Data settings, for the stream a one-worker loop runs itself.
+    config = dict(config, status_dir=os.environ.get("PEDRAY_STATUS_DIR"), data_context=DataContext.get_current())
     left_out = set(LEAN_TRAIN_CALLBACKS) if lean() else set()
-    if scaling.num_workers == 1:
-        # One worker reads the stream itself (`loop.train_stream`): Ray Train would start a dataset
-        # manager and a split coordinator, two processes per stage that import Ray Data and poll for
-        # the whole stage, to split the stream into one part.
-        from ray.data import DataContext
-
-        config.update(train_data=datasets["train"], data_context=DataContext.get_current())
-        train_datasets = {}
+    if not datasets:
         left_out.add("DatasetsCallback")  # it would start the manager without a dataset to manage
-    else:
-        train_datasets = {"train": datasets["train"]}
-    trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=workers, run_config=run,
-                           datasets=train_datasets)
+    trainer = TorchTrainer(loop, train_loop_config=config, scaling_config=workers, run_config=run,
+                           datasets=datasets or {})
     if left_out:
         # Ray Train's helpers for shared clusters, left out on a private Ray (pedray.cluster.lean says why),
         # and the dataset split of a one-worker stage. tests/test_train.py checks that none of them
@@ -148,11 +160,13 @@ def _trainer(recipe: Recipe, stage: str, upstream: Path, datasets: dict, run_nam
     return trainer
 
 
-def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, fingerprint: str) -> dict:
+def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, fingerprint: str,
+                   score_here: bool | None = None) -> dict:
     """The stage's training stream ("train") and, when the corpus has a test split, its held-out rows
     ("eval": one batch of numpy columns).
 
-    Reference scores (dfpo) are kept per stage fingerprint: another upstream model scores again."""
+    Reference scores (dfpo) are kept per stage fingerprint: another upstream model scores again;
+    `score_here`: see `reference.score_reference`."""
     spec, settings = STAGE_SPECS[stage], recipe.stage(stage)
     datasets = {}
     for name, split in (("train", "train"), ("eval", "test")):
@@ -173,7 +187,7 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
                                     * max(scaling.num_workers, 1))
         if spec.needs_reference:
             dataset = read_scored(score_reference(dataset, upstream, storage.join(stage_dir, f"reference-{split}-{fingerprint}"),
-                                                  trust_remote_code=recipe.model.trust_remote_code))
+                                                  trust_remote_code=recipe.model.trust_remote_code, here=score_here))
         if name == "eval":
             # Computed once, here: the loop re-reads them at every evaluation, and a second live pipeline
             # would share (and on a small cluster starve) the CPUs the training stream needs.
@@ -188,7 +202,8 @@ def stage_datasets(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: 
 
 def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path,
               upstream_info: dict[str, Any], callbacks: list | None = None) -> dict:
-    """Train `stage` from the `upstream` model (a folder or URI); returns the manifest written to `stage_dir`.
+    """Train `stage` from the `upstream` model (a folder or URI) in a Train run of its own; returns the
+    manifest written to `stage_dir`.
 
     `stage_dir` may be a URI: the folder is then written locally and uploaded, and the manifest's
     paths are URIs. `callbacks`: Ray Train callbacks (e.g. Tune's report callback for a Tune trial).
@@ -203,12 +218,20 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint; see the Ray Train logs under "
                            f"{checkpoint_storage(recipe)[0]}")
+    with result.checkpoint.as_directory() as folder:
+        return write_stage(recipe, stage, upstream, stage_dir, upstream_info, fingerprint, Path(folder),
+                           result.checkpoint.path, started)
+
+
+def write_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str | Path, upstream_info: dict[str, Any],
+                fingerprint: str, folder: Path, checkpoint: str, started: float) -> dict:
+    """The stage folder from the stage's final checkpoint (`folder`, a local copy; persisted at
+    `checkpoint`): the exported model, history, loss plot and, written last, the manifest (returned)."""
     for stale in (MANIFEST, "model"):  # nothing of an earlier run may pass for this one's
         storage.remove(storage.join(stage_dir, stale))
     with storage.writable(stage_dir) as local:
-        with result.checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / STATE_FILE).read_text())
-            shutil.copytree(Path(folder) / EXPORT_DIR, local / "model")
+        state = json.loads((folder / STATE_FILE).read_text())
+        shutil.copytree(folder / EXPORT_DIR, local / "model")
         history = state["history"]
         _write_json(local / "history.json", history)
         plot = plot_history(history, stage, local / "loss.png")
@@ -225,7 +248,7 @@ def run_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str |
             "paths": {"model": str(storage.join(stage_dir, "model")),
                       "history": str(storage.join(stage_dir, "history.json")),
                       "loss_plot": str(storage.join(stage_dir, "loss.png")) if plot else None,
-                      "checkpoint": result.checkpoint.path,
+                      "checkpoint": checkpoint,
                       "base_model": str(upstream) if STAGE_SPECS[stage].exports_adapter else None},
             "elapsed_s": round(time.time() - started, 1),
         }
