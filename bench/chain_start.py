@@ -30,7 +30,7 @@ from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray,
 
 STEPS = ["stages.cpt.max_steps=10", "stages.sft.max_steps=10", "stages.dfpo.max_steps=5",
          "stages.mouse.max_steps=5", "stages.mouse.checkpoint_every=5", "stages.dfpo.checkpoint_every=5"]
-QUICK = ["stages.cpt.max_steps=2", "stages.sft.max_steps=2", "stages.cpt.eval_rows=8", "stages.sft.eval_rows=8", "scaling.num_workers=1", "scaling.cpus_per_worker=1"]
+QUICK = ["stages.cpt.max_steps=2", "stages.sft.max_steps=2", "stages.cpt.eval_rows=0", "stages.sft.eval_rows=0", "scaling.num_workers=1", "scaling.cpus_per_worker=1"]
 
 
 def run_chain(config: str, out: Path, shared: bool, extra: list[str], stages: str | None) -> dict:
