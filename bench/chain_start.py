@@ -11,7 +11,7 @@ the same number in both arms (the same weights trained on the same rows).
 
     python bench/chain_start.py [--quick] [--rounds 2] [--config jobs/default.yaml] [key=value ...]
 
-`--quick`: the tiny test recipe, cpt and sft only, one round.
+`--quick`: the tiny test recipe, cpt and sft only (two steps each, no held-out rows), one round: 112 s here.
 """
 
 from __future__ import annotations
