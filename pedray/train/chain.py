@@ -11,7 +11,7 @@ from pedray.config.schema import Recipe
 from pedray.eval.run import ChainEvaluation
 from pedray.markdown import table
 from pedray.train.group import Planned, run_group, shares_a_worker
-from pedray.train.runner import read_manifest, run_stage, stage_fingerprint
+from pedray.train.runner import complete_manifest, read_manifest, run_stage, stage_fingerprint
 from pedray.train.stages import STAGE_SPECS
 from pedray.vocab import STAGES
 from pedray.workspace import base_model_dir
@@ -60,7 +60,7 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
         while shared and steps and isinstance(steps[0], Planned):
             group.append(steps.pop(0))
         starting(group[0])
-        if len(group) == 1 and not shared:
+        if not shared:  # a group of one
             planned = group[0]
             done(planned, run_stage(recipe, planned.stage, planned.upstream, planned.stage_dir, planned.upstream_info))
             continue
@@ -93,8 +93,8 @@ def plan(recipe: Recipe, stages: list[str] | None = None) -> list[Planned | tupl
         if not storage.is_uri(stage_dir):
             stage_dir = Path(stage_dir).resolve()
         fingerprint = stage_fingerprint(recipe, stage, upstream_info["fingerprint"])
-        manifest = read_manifest(stage_dir)
-        if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fingerprint:
+        manifest = complete_manifest(stage_dir, fingerprint)
+        if manifest:
             steps.append((manifest, stage_dir))
         else:
             pending[stage] = Planned(stage, str(upstream), upstream_info, str(stage_dir), fingerprint)

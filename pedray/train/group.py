@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from pedray.cluster import private, reap_dead_actors
 from pedray.config.schema import Recipe
+from pedray.train.runner import complete_manifest
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,6 @@ def shares_a_worker(recipe: Recipe, callbacks: list | None = None) -> bool:
     return recipe.scaling.share_worker and recipe.scaling.num_workers == 1 and not callbacks and private()
 
 
-def completed(planned: Planned) -> dict[str, Any] | None:
-    """The stage's manifest when its folder is complete for this plan (the same fingerprint)."""
-    from pedray.train.runner import read_manifest
-
-    manifest = read_manifest(planned.stage_dir)
-    if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == planned.fingerprint:
-        return manifest
-    return None
-
-
 def run_group(recipe: Recipe, plan: list[Planned], done: Callable[[Planned, dict[str, Any]], None],
               poll_s: float = 0.5) -> dict[str, dict[str, Any]]:
     """Train `plan`'s stages in one Train run (`group_loop`); `done(planned, manifest)` is called in the
@@ -72,7 +63,7 @@ def run_group(recipe: Recipe, plan: list[Planned], done: Callable[[Planned, dict
     def watch() -> None:
         try:
             for planned in plan:
-                while (manifest := completed(planned)) is None:
+                while (manifest := complete_manifest(planned.stage_dir, planned.fingerprint)) is None:
                     if finished.is_set():
                         return
                     time.sleep(poll_s)
@@ -112,7 +103,7 @@ def group_loop(config: dict[str, Any]) -> None:
     with process_group(recipe.scaling.use_gpu):
         quiet_known_noise()
         for planned in config["plan"]:
-            if completed(planned) is not None:
+            if complete_manifest(planned.stage_dir, planned.fingerprint) is not None:
                 continue  # done before a restart of this run
             datasets = stage_datasets(recipe, planned.stage, planned.upstream, planned.stage_dir,
                                       planned.fingerprint, score_here=True)

@@ -51,18 +51,16 @@ class LoopState:
     def restore(cls, checkpoint, stage: str) -> tuple["LoopState", Path | None]:
         """The state of the latest checkpoint and a local copy of it; a fresh state and None without one,
         or when it is another stage's."""
-        if checkpoint is None or _saved_stage(checkpoint) not in ("", stage):
+        if checkpoint is None:
+            return cls(stage=stage), None
+        # its state alone first: another stage's checkpoint is not copied ("" for one saved before stages were kept)
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as handle:
+            saved = json.loads(handle.read().decode())
+        if saved.get("stage", "") not in ("", stage):
             return cls(stage=stage), None
         folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pedray-restore-")))
-        saved = json.loads((folder / STATE_FILE).read_text())
         known = {name: saved[name] for name in cls.__dataclass_fields__ if name in saved}
         return cls(**dict(known, resumed_from=saved["step"], stage=stage)), folder
-
-
-def _saved_stage(checkpoint) -> str:
-    """The stage a checkpoint is of, read from its state alone ("" for one saved before stages were kept)."""
-    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as handle:
-        return json.loads(handle.read().decode()).get("stage", "")
 
 
 class _Window:
@@ -324,8 +322,7 @@ class StageLoop:
     def close(self) -> None:
         """Stop the stage's data stream (its Ray Data execution) and drop the engine, for the next stage
         in the same process."""
-        self.batches.close()
-        self.prefetch.close()
+        self.prefetch.close()  # closes the stream under `self.batches`, drawn from or not
         del self.engine
 
     def export(self, full_state: dict[str, torch.Tensor], folder: Path) -> None:

@@ -67,6 +67,15 @@ def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:
     return storage.read_json(storage.join(stage_dir, MANIFEST))
 
 
+def complete_manifest(stage_dir: str | Path, fingerprint: str) -> dict[str, Any] | None:
+    """The stage folder's manifest when the folder is complete and of this fingerprint (the same settings
+    and upstream), else None."""
+    manifest = read_manifest(stage_dir)
+    if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fingerprint:
+        return manifest
+    return None
+
+
 def _write_json(path: Path, obj: Any) -> None:
     storage.write_text(path, json.dumps(obj, ensure_ascii=False, indent=2))
 
