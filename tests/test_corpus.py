@@ -1,6 +1,7 @@
 """The embedded knowledge base and the PedCorpus generator."""
 
 import json
+import re
 from collections import Counter
 
 from pedray.corpus.generate import instructions, pretraining_text, preferences, write_corpus
@@ -55,6 +56,19 @@ def test_no_target_answer_loops_by_the_evaluation_rule():
         answers += [p["chosen"] for p in preferences(seed, 600)]
         looping = [a for a in answers if loops(a)]
         assert not looping, looping[:3]
+
+
+def test_no_generated_text_says_a_word_twice_in_a_row():
+    """"如果出现出现成簇水疱" reached 104 training answers: a warning sign written with its own 出现, put after
+    the template's. No word of two to six characters may follow itself anywhere the generator writes."""
+    doubled = re.compile(r"([\u4e00-\u9fff]{2,6})\1")
+    for seed in (0, 1):
+        texts = [m["content"] for r in instructions(seed, 3000) for m in r["messages"]]
+        pairs = preferences(seed, 600)
+        texts += [m["content"] for p in pairs for m in p["messages"]] + [p[k] for p in pairs for k in ("chosen", "rejected")]
+        texts += [doc["text"] for doc in pretraining_text(seed)]
+        found = sorted({m.group(0) for t in texts for m in doubled.finditer(t)})
+        assert not found, found[:5]
 
 
 def test_preference_pairs_differ_in_what_matters_not_in_length():
