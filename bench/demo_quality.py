@@ -86,6 +86,11 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
                        "rougeL": round(overall["rougeL"], 2), "truncated": round(degeneration["truncated"], 4),
                        "right_condition": degeneration["condition_correct"],
                        **{key: degeneration.get(key) for key in JUDGED}}
+        manifest = out / stage / "manifest.json"
+        if manifest.is_file():  # each stage's time and step count: what a later AVX2 run calibrates against
+            facts = json.loads(manifest.read_text(encoding="utf-8"))
+            rows[stage].update(seconds=facts.get("elapsed_s"), steps=facts.get("steps"),
+                               tokens_per_s=round((facts.get("metrics") or {}).get(f"{stage}/tokens_per_s") or 0))
     return rows
 
 
@@ -135,8 +140,11 @@ def checks_for(seed: int, stages: dict[str, dict[str, float]], seconds: float, f
                            "target": target, "met": seconds / 60 <= TARGETS["minutes_avx2_fp32"]})
         elif speed_vs_avx2:
             minutes = seconds / 60 * speed_vs_avx2
-            checks.append({"name": f"seed {seed}: run minutes on AVX2, estimated ({seconds / 60:.2f} measured in fp32 "
-                                   f"on {kind or 'this CPU'} x {speed_vs_avx2:.2f}, its fp32 matmul speed over AVX2's)",
+            # an upper bound: the demo's 5M model is not matmul-bound, so a faster matmul unit buys it less. On
+            # AMX this said 21 minutes for the recipe that took 13.4-14.0 on the AVX2 machine itself (README).
+            checks.append({"name": f"seed {seed}: run minutes on AVX2, estimated, an upper bound ({seconds / 60:.2f} "
+                                   f"measured in fp32 on {kind or 'this CPU'} x {speed_vs_avx2:.2f}, its fp32 matmul "
+                                   f"speed over AVX2's)",
                            "value": round(minutes, 2), "target": target, "met": minutes <= TARGETS["minutes_avx2_fp32"]})
         else:
             checks.append({"name": f"seed {seed}: run minutes on AVX2 (not measurable: no AVX2 reference result)",

@@ -11,6 +11,7 @@ from typing import Any
 
 from pedray import storage
 from pedray.config.schema import EvalConfig
+from pedray.console import say
 from pedray.cluster import private
 from pedray.eval.generate import generate_dataset, generate_local
 from pedray.eval.report import bar_chart, markdown, stage_table
@@ -110,7 +111,7 @@ class ChainEvaluation:
     def model(self, name: str, model_dir: str | Path, identity: str, out: str | Path) -> dict[str, Any]:
         report = read_report(out, settings_key(model_dir, self.items, self.recipe.eval, identity))
         if report is None:
-            print(f"[eval] {name}: {len(self.items)} questions", flush=True)
+            say(f"[eval] {name}: {len(self.items)} questions")
             report = evaluate(model_dir, self.items, self.recipe.eval, out, identity)
         self.reports[name] = report
         return report

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from pedray import storage
 from pedray.cluster import ensure_ray, logs_dir
+from pedray.console import say
 from pedray.config.schema import Recipe
 from pedray.eval.run import ChainEvaluation
 from pedray.markdown import table
@@ -36,22 +37,22 @@ def train_all(recipe: Recipe, stages: list[str] | None = None,
     manifests: dict[str, dict[str, Any]] = {}
 
     def done(planned: Planned, manifest: dict[str, Any]) -> None:
-        print(f"[{planned.stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
-              f"in {manifest['elapsed_s']}s; model in {storage.display(manifest['paths']['model'])}", flush=True)
+        say(f"[{planned.stage}] done: loss {manifest['first_loss']:.4f} -> {manifest['final_loss']:.4f} "
+            f"in {manifest['elapsed_s']}s; model in {storage.display(manifest['paths']['model'])}")
         manifests[planned.stage] = manifest
         if after_stage:
             after_stage(planned.stage, manifest)
 
     def starting(planned: Planned) -> None:
-        print(f"[{planned.stage}] starting from {planned.upstream_info['stage']} "
-              f"({storage.display(planned.upstream)})", flush=True)
+        say(f"[{planned.stage}] starting from {planned.upstream_info['stage']} "
+            f"({storage.display(planned.upstream)})")
 
     steps = plan(recipe, stages)
     shared = shares_a_worker(recipe)
     while steps:
         if isinstance(steps[0], tuple):  # complete already
             manifest, stage_dir = steps.pop(0)
-            print(f"[{manifest['stage']}] complete already ({storage.display(stage_dir)}), skipping", flush=True)
+            say(f"[{manifest['stage']}] complete already ({storage.display(stage_dir)}), skipping")
             manifests[manifest["stage"]] = manifest
             if after_stage:
                 after_stage(manifest["stage"], manifest)
@@ -86,7 +87,7 @@ def plan(recipe: Recipe, stages: list[str] | None = None) -> list[Planned | tupl
         if stages and stage not in stages:
             continue  # not asked for: a completed earlier run of it still hands its model on (upstream_for)
         if not recipe.stage(stage).enabled:
-            print(f"[{stage}] disabled in the recipe", flush=True)
+            say(f"[{stage}] disabled in the recipe")
             continue
         upstream, upstream_info = upstream_for(recipe, stage, base, pending)
         stage_dir = storage.join(recipe.output_dir, stage)
@@ -147,11 +148,10 @@ def run(recipe: Recipe, stages: list[str] | None = None) -> dict[str, dict[str, 
     manifests = train_all(recipe, stages, after_stage=evaluation.stage if evaluation else None)
     if evaluation:
         evaluation.wait()  # the last stage's, in the background in the driver: its line before the tables
-    print(summary_table(manifests), flush=True)
+    say(summary_table(manifests))
     if evaluation:
-        print(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):",
-              flush=True)
-        print(evaluation.finish(), flush=True)
+        say(f"\nEvaluation on the same questions (x100; reports in {storage.display(recipe.output_dir)}/<stage>/eval/):")
+        say(evaluation.finish())
     if logs_dir():
-        print(f"\nRay's full logs (Train, Data, every worker's output): {logs_dir()}", flush=True)
+        say(f"\nRay's full logs (Train, Data, every worker's output): {logs_dir()}")
     return manifests
