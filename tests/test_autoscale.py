@@ -105,10 +105,12 @@ def test_a_stage_adds_worker_nodes_which_go_away_and_serve_scales_replicas(fake_
             env=env, capture_output=True, text=True, timeout=600)
 
     submitted = submit()
-    for _ in range(12):
-        # The dashboard answers before its head node's job agent has registered; Ray then refuses the
-        # submission (no job made) and says to try again later (once here, in a test run beside other work).
-        if submitted.returncode == 0 or "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+    # The dashboard answers before its head node's job agent has registered; Ray then refuses the
+    # submission (no job made) and says to try again later. Beside other work on 2 cores the agent took
+    # over a minute once (a fresh CI run while an evaluation ran): wait for it up to four minutes.
+    deadline = time.monotonic() + 240
+    while submitted.returncode != 0 and time.monotonic() < deadline:
+        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
             break
         time.sleep(5)
         submitted = submit()
