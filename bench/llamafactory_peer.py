@@ -108,6 +108,8 @@ def _train(spec: dict, result_file: Path) -> None:
         "packing": spec["packing"], "neat_packing": spec["packing"],
         "disable_gradient_checkpointing": not spec["checkpointing"], "flash_attn": "sdpa",
         "dataloader_num_workers": 0, "max_grad_norm": 1.0, "seed": 0,
+        # its torch.compile switch (transformers' `torch_compile`), tried as one of its configurations
+        "torch_compile": spec.get("compile", False),
     }
     started = time.perf_counter()
     run_exp(args, callbacks=[Clock()])

@@ -12,6 +12,9 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
     "GRADIO_ANALYTICS_ENABLED": "False", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "0",
+    # `scaling.compile: auto` would compile every tiny stage that runs in bf16 (on AMX/AVX512-BF16 machines);
+    # tests/test_compiled.py turns it on where it is the subject.
+    "PEDRAY_COMPILE_AUTO": "0",
     # For the moto S3 server the storage tests start; set before Ray starts so that its workers have them too.
     "AWS_ACCESS_KEY_ID": "pedray-test", "AWS_SECRET_ACCESS_KEY": "pedray-test-secret",
 })

@@ -142,3 +142,29 @@ def test_the_tests_shared_ray_reaps_a_hung_actor_only_when_asked():
     script = script.replace("reap_dead_actors() == [pids[0]]",
                             "reap_dead_actors() == [] and reap_dead_actors(private=True) == [pids[0]]")
     _hung_actor_reaped(script)
+
+
+BATCH = """
+import os, ray, psutil
+from pedray.cluster import ensure_ray
+for batch in (True, False):
+    ensure_ray(num_cpus=1, batch=batch)
+    task = ray.get(ray.remote(lambda: os.sched_getscheduler(0)).remote())
+    servers = sorted({os.sched_getscheduler(p.pid) for p in psutil.Process().children(recursive=True)})
+    print(batch, task, servers, os.sched_getscheduler(0), flush=True)
+    ray.shutdown()
+print(os.SCHED_BATCH, os.SCHED_OTHER)
+"""
+
+
+def test_a_private_rays_processes_run_under_sched_batch_and_the_driver_does_not():
+    """Every process of a private Ray (GCS, raylet, agents, a task's worker) inherits SCHED_BATCH from the
+    start, so that their wake-ups do not preempt the training threads; the driver's own thread is back
+    under its policy after the start, and `batch=False` (serving) leaves Ray's processes alone."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", BATCH], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split("\n")
+    batch, other = lines[2].split()
+    assert lines[0] == f"True {batch} [{batch}] {other}", done.stdout
+    assert lines[1] == f"False {other} [{other}] {other}", done.stdout

@@ -36,7 +36,8 @@ def _applied_options_filter(record: logging.LogRecord) -> bool:
 def start(model_dir: str | Path, recipe: Recipe, blocking: bool = False, app_name: str = "pedray") -> str:
     """Deploy the app on the running (or a new local) Ray; returns the base URL of its OpenAI API."""
     cfg = recipe.serve
-    ensure_ray(metrics=True)  # the router counts requests per route as a Ray metric
+    # metrics: the router counts requests per route as a Ray metric; batch: a request's wake-up preempts
+    ensure_ray(metrics=True, batch=False)
     application = build_app(model_dir, cfg, corpus_dirs(recipe), cache_root() / "serve")
     serve.start(proxy_location=cfg.http.proxy_location, http_options={"host": cfg.http.host, "port": cfg.http.port})
     logging.getLogger("ray.serve").addFilter(_applied_options_filter)

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from pedray.cluster import KnownNoise
 from pedray.config.schema import Recipe
 from pedray.model.build import load_model, load_tokenizer
-from pedray.train.engine import Engine, deepspeed_config, process_group, zero3_loading
+from pedray.train import compiled
+from pedray.train.engine import Engine, deepspeed_config, process_group, resolve_precision, zero3_loading
 from pedray.train.stages import STAGE_SPECS, StageSpec, collate_packed, collate_pairs
 from pedray.train.stream import Prefetch, micro_batches, share, train_stream
 
@@ -46,6 +47,8 @@ class LoopState:
     """Written only into the final checkpoint: a run restored from it has nothing left to train."""
     stage: str = ""
     """The stage the checkpoint is of (a chain's run holds several: `pedray.train.group`)."""
+    compiled_layers: int = 0
+    """Decoder layers this run trained compiled (`scaling.compile`); 0: the model ran eagerly."""
 
     @classmethod
     def restore(cls, checkpoint, stage: str) -> tuple["LoopState", Path | None]:
@@ -223,8 +226,13 @@ class StageLoop:
                                            skip=self.state.consumed, replay_bytes=replay))
         self.batches = iter(self.prefetch)
         ds_config = deepspeed_config(scaling, self.recipe.optim, self.settings, world)
-        self.engine = Engine(self.spec.prepare(_load_model(self.upstream, self.recipe, ds_config), self.recipe),
-                             ds_config)
+        model = self.spec.prepare(_load_model(self.upstream, self.recipe, ds_config), self.recipe)
+        self.state.compiled_layers = 0  # this run's (a resumed run may decide otherwise than the first)
+        if compiled.wanted(scaling, resolve_precision(scaling)):
+            self.state.compiled_layers = compiled.compile_layers(model)
+            self._say(f"{self.state.compiled_layers} decoder layers compiled (scaling.compile); the first steps "
+                      "include the compilation")
+        self.engine = Engine(model, ds_config)
         self.tokenizer = load_tokenizer(self.upstream, self.recipe.model.trust_remote_code)
         if restored is not None:
             self.engine.load(restored)

@@ -253,6 +253,7 @@ def write_stage(recipe: Recipe, stage: str, upstream: str | Path, stage_dir: str
             "config": to_dict(recipe), "metrics": final,
             "first_loss": first.get(f"{stage}/loss"), "final_loss": final.get(f"{stage}/loss"),
             "steps": state["step"], "resumed_from_step": state.get("resumed_from"),
+            "compiled_layers": state.get("compiled_layers", 0),
             "held_out_loss": state.get("eval", []),
             "paths": {"model": str(storage.join(stage_dir, "model")),
                       "history": str(storage.join(stage_dir, "history.json")),
