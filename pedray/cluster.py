@@ -302,7 +302,8 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = False, metrics: bo
             system = dict(LEAN_SYSTEM_CONFIG, enable_metrics_collection=metrics)
         loopback_only()
         _private = True
-        with batch_scheduling(batch and _lean):
+        # PEDRAY_SCHED_BATCH=0 keeps Ray's processes under the default policy (for an A/B)
+        with batch_scheduling(batch and _lean and os.environ.get("PEDRAY_SCHED_BATCH", "1") != "0"):
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                      logging_level="ERROR", _system_config=system,
                      runtime_env={"worker_process_setup_hook": "pedray.cluster.quiet_workers", "env_vars": env})
