@@ -345,9 +345,10 @@ def main() -> None:
             row["mfu_vs_best_ceiling"] = round(row["tokens_per_s"] * per_token / (best * 1e9), 4)
             row["mfu_vs_bf16_ceiling"] = round(row["tokens_per_s"] * per_token / (ceilings["bf16"] * 1e9), 4)
 
-    def ratio(row: str, to: str) -> tuple[float, list[float]]:
-        """The median over rounds of row / to (tokens/s measured in the same round), and each round's."""
-        each = [r[row]["tokens_per_s"] / r[to]["tokens_per_s"] for r in per_round]
+    def ratio(row: str, *to: str) -> tuple[float, list[float]]:
+        """The median over rounds of row / to (tokens/s measured in the same round; of several `to` rows, the
+        round's fastest), and each round's."""
+        each = [r[row]["tokens_per_s"] / max(r[name]["tokens_per_s"] for name in to) for r in per_round]
         return statistics.median(each), [round(x, 3) for x in each]
 
     mine = results["pedray_sft_ray_deepspeed"]
@@ -363,9 +364,7 @@ def main() -> None:
     ]
     if peer_rows:
         # LLaMA-Factory's best configuration, round by round: the faster of its packed runs (eager, compiled)
-        each = [r["pedray_sft_ray_deepspeed"]["tokens_per_s"] / max(r[row]["tokens_per_s"] for row in peer_rows)
-                for r in per_round]
-        versus, results["pedray_vs_llamafactory_per_round"] = statistics.median(each), [round(x, 3) for x in each]
+        versus, results["pedray_vs_llamafactory_per_round"] = ratio("pedray_sft_ray_deepspeed", *peer_rows)
         # With AMX LLaMA-Factory's bf16 run (autocast) is far from the ceiling, and the bar is higher.
         amx = "amx_bf16" in results["cpu"]["flags"]
         bar = 1.2 if amx else 1.0
