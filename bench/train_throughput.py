@@ -290,7 +290,8 @@ def main() -> None:
     from pedray.config import load_recipe
     from pedray.train import compiled
 
-    compile_rows = compiled.wanted(load_recipe(None, [f"scaling.precision={args.precision}"]).scaling, args.precision)
+    stage_recipe = load_recipe(None, [f"scaling.precision={args.precision}", f"scaling.zero_stage={args.zero_stage}"])
+    compile_rows = compiled.wanted(stage_recipe.scaling, args.precision)
     results["compiled"] = compile_rows
 
     def plain(index: int) -> dict:
