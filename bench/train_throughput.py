@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_kind  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
+from common import cpu_kind, in_child  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import torch  # noqa: E402
 
@@ -67,9 +67,10 @@ def records(corpus: Path, count: int) -> list[dict]:
 
 
 def plain_loop(model_dir: Path, rows: dict, micro_batch: int, steps: int, precision: str, threads: int,
-               compile_layers: bool = False) -> dict:
+               compile_layers: bool = False, fused: bool = True) -> dict:
     """The sft stage's loss function (output head on answer tokens only) and packed rows, AdamW, one
-    process, no Ray, no DeepSpeed; its decoder layers compiled as the stage's are when `compile_layers`."""
+    process, no Ray, no DeepSpeed; its decoder layers compiled as the stage's are when `compile_layers`,
+    its AdamW fused as the stage's is when `fused` (LLaMA-Factory's transformers defaults to it too)."""
     from pedray.config import load_recipe
     from pedray.model.build import load_model
     from pedray.model.selective import selective_forward
@@ -82,7 +83,7 @@ def plain_loop(model_dir: Path, rows: dict, micro_batch: int, steps: int, precis
     if compile_layers:
         compiled.compile_layers(model)
     forward, recipe = selective_forward(model, model), load_recipe(None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     times, tokens = [], []
     for step in range(steps):
         lo = (step * micro_batch) % (len(rows["input_ids"]) - micro_batch)
@@ -293,9 +294,11 @@ def main() -> None:
     stage_recipe = load_recipe(None, [f"scaling.precision={args.precision}", f"scaling.zero_stage={args.zero_stage}"])
     compile_rows = compiled.wanted(stage_recipe.scaling, args.precision)
     results["compiled"] = compile_rows
+    results["fused_adamw"] = stage_recipe.optim.fused  # LLaMA-Factory's (transformers >= 5 on torch >= 2.8) is too
 
     def plain(index: int) -> dict:
-        return plain_loop(model_dir, rows, 8, steps, args.precision, threads, compile_layers=compile_rows)
+        return in_child(plain_loop, model_dir, rows, 8, steps, args.precision, threads, compile_layers=compile_rows,
+                        fused=stage_recipe.optim.fused)
 
     def plain_beside_idle_ray(index: int) -> dict:
         # The plain loop again, in this process, while a private Ray started as `ours` starts it sits idle
@@ -336,7 +339,7 @@ def main() -> None:
     if profiles:
         results["profile"] = profiles
     if not args.quick:  # the slow rows (padding), once: left out of --quick
-        results["hf_trainer_padding"] = hf_trainer(model_dir, docs, 8, steps, args.precision, threads)
+        results["hf_trainer_padding"] = in_child(hf_trainer, model_dir, docs, 8, steps, args.precision, threads)
         if python is not None:
             results[f"llamafactory_padding_checkpointing_{lf_precision}"] = llamafactory_row(
                 python, real, model_dir, steps, threads, lf_precision, packing=False)

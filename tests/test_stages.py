@@ -24,6 +24,7 @@ def test_deepspeed_config_golden():
     assert config["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}}
     assert config["bf16"] == {"enabled": True}
     assert config["optimizer"]["params"]["lr"] == 0.002  # the stage's lr wins over optim.lr
+    assert config["optimizer"]["params"]["fused"] is True
     assert config["scheduler"]["params"]["warmup_num_steps"] == 5
     assert config["scheduler"]["params"]["total_num_steps"] == 50
 
@@ -182,3 +183,59 @@ def test_a_cpu_process_group_builds_no_shared_memory_reduce():
 
     with process_group(use_gpu=False):
         assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None
+
+
+
+def _deepspeed_steps(model_dir, overrides: list[str], reduce: bool | None = None) -> list[torch.Tensor]:
+    """The weights after three steps of pedray's Engine on the tiny model (`reduce`: force DeepSpeed's
+    gradient all-reduce on or off; None leaves the Engine's choice)."""
+    from pedray.model.build import load_model
+    from pedray.train.engine import Engine
+
+    recipe = load_recipe(None, ["scaling.micro_batch_size=2"] + overrides)
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    with process_group(use_gpu=False):
+        engine = Engine(model, deepspeed_config(recipe.scaling, recipe.optim, recipe.stage("sft"), 1))
+        assert isinstance(engine.engine.basic_optimizer, torch.optim.AdamW)
+        assert engine.engine.basic_optimizer.defaults["fused"] is recipe.optim.fused
+        if reduce is not None:
+            engine.engine.enable_backward_allreduce = reduce
+        before = [p.detach().clone() for p in model.parameters()]
+        ids = torch.randint(0, model.config.vocab_size, (2, 16))
+        for _ in range(3):  # warm-up from 0: the first two steps run at learning rate 0
+            engine.backward_and_step(engine.forward(input_ids=ids, labels=ids).loss)
+    after = [p.detach().float().clone() for p in model.parameters()]
+    assert any(not torch.equal(b.float(), a) for b, a in zip(before, after))
+    return after
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_deepspeed_uses_the_fused_adamw_the_recipe_asks_for_with_the_same_update(tiny_model_dir, precision):
+    """`optim.fused` reaches the torch.optim.AdamW DeepSpeed builds (its `torch_adam`); fused and per-tensor
+    AdamW leave the same weights after three steps (bf16: to one bf16 rounding step)."""
+    fused = _deepspeed_steps(tiny_model_dir, [f"scaling.precision={precision}", "optim.fused=true"])
+    loop = _deepspeed_steps(tiny_model_dir, [f"scaling.precision={precision}", "optim.fused=false"])
+    tol = 1e-6 if precision == "fp32" else 2 ** -7
+    for a, b in zip(fused, loop):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_one_rank_without_zero_skips_the_gradient_all_reduce_with_the_same_weights(tiny_model_dir):
+    """With one data-parallel rank and no ZeRO the Engine turns DeepSpeed's all-reduce pass off (it would
+    flatten, reduce with itself and copy back every gradient); the weights are bit for bit those with it."""
+    import deepspeed
+
+    from pedray.model.build import load_model
+    from pedray.train.engine import Engine
+
+    with process_group(use_gpu=False):
+        for zero, expected in ((0, False), (2, True)):  # ZeRO-2 moves gradients into its partitions there
+            recipe = load_recipe(None, [f"scaling.zero_stage={zero}", "scaling.micro_batch_size=2"])
+            engine = Engine(load_model(tiny_model_dir), deepspeed_config(recipe.scaling, recipe.optim,
+                                                                         recipe.stage("sft"), 1))
+            assert isinstance(engine.engine, deepspeed.DeepSpeedEngine)
+            assert engine.engine.enable_backward_allreduce is expected, zero
+    skipped = _deepspeed_steps(tiny_model_dir, ["scaling.precision=fp32"])
+    reduced = _deepspeed_steps(tiny_model_dir, ["scaling.precision=fp32"], reduce=True)
+    assert all(torch.equal(a, b) for a, b in zip(skipped, reduced))

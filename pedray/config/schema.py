@@ -109,6 +109,11 @@ class OptimConfig:
     """Cosine decay ends at lr * min_lr_ratio."""
     grad_clip: float = 1.0
     """Gradient norm clipping; 0 disables it."""
+    fused: bool = True
+    """PyTorch's fused AdamW kernel (one pass over each parameter, on CPU and GPU) instead of its loop
+    of elementwise ops per tensor: the small model's AdamW step 15 ms instead of 52 ms on 2 CPU cores,
+    DeepSpeed's whole bf16 optimizer step 66-71 ms instead of 95. Same update up to rounding; what
+    transformers' Trainer (LLaMA-Factory's) uses by default since torch 2.8."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr must be positive")

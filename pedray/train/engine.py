@@ -55,10 +55,11 @@ def deepspeed_config(scaling: ScalingConfig, optim: OptimConfig, stage: StageCon
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": resolve_precision(scaling) == "bf16"},
-        # torch_adam: PyTorch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on CPU.
+        # torch_adam: PyTorch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on CPU;
+        # DeepSpeed hands the remaining params to torch.optim.AdamW, `fused` among them.
         "optimizer": {"type": "AdamW", "params": {
             "lr": stage.lr or optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay,
-            "torch_adam": True}},
+            "torch_adam": True, "fused": optim.fused}},
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": stage.max_steps, "warmup_num_steps": max(warmup, 1), "warmup_min_ratio": 0.0,
             "cos_min_ratio": optim.min_lr_ratio, "warmup_type": "linear"}},
@@ -159,6 +160,12 @@ class Engine:
         self.config = config
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=trainable, config=config)
+        if config["zero_optimization"]["stage"] == 0 and self.engine.dp_world_size == 1:
+            # One data-parallel rank has nothing to average, yet DeepSpeed would still flatten every
+            # gradient into buckets, all-reduce them through gloo with itself, scale them by 1/1 and copy
+            # them back, every step. Without ZeRO nothing else rides on that pass (ZeRO 1-2 move gradients
+            # into their partitions there, so they keep it); the weights come out bit for bit the same.
+            self.engine.enable_backward_allreduce = False
         self._forward = selective_forward(self.engine, self.engine.module)
 
     @property
