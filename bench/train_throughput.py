@@ -8,7 +8,9 @@ matmul ceiling measured in the same run with the same thread count.
 
 Where the stage compiles its decoder layers (`scaling.compile: auto`: bf16 on a CPU with a C++ compiler),
 our loop compiles them too and LLaMA-Factory runs packed both eagerly and with its `torch_compile`; its
-best configuration in a round is the faster of the two.
+best configuration in a round is the faster of the two. Our loop uses fused AdamW when the stage does
+(`optim.fused`), as LLaMA-Factory's transformers does by default. Our loop and the HF Trainer row each
+run in a fresh child process (`common.in_child`): trained in this process, they slowed the stage after them.
 
 The compared rows (our loop, the sft stage, LLaMA-Factory's best configuration) run in three rounds,
 each round in a rotated order, because this kind of machine drifts by tens of percent over minutes;
