@@ -45,8 +45,8 @@ def in_child(function, *args, **kwargs):
 
     For a row that trains in the bench's own process: what it leaves there (its memory, its thread pools)
     must not reach the rows after it. Measured in train_throughput: after our loop had run in the bench's
-    process, the Ray stage that followed stepped at 2,100-3,900 tokens/s, after the same loop in a child
-    at 2,800-3,250. `function` must be importable by the child (a module's top-level function)."""
+    process, the Ray stage that followed stepped at 1,600-3,650 tokens/s, after the same loop in a child
+    at 2,690-3,250 (alone: 3,000-3,470). `function` must be importable by the child (a module's top-level function)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")

@@ -9,8 +9,9 @@ matmul ceiling measured in the same run with the same thread count.
 Where the stage compiles its decoder layers (`scaling.compile: auto`: bf16 on a CPU with a C++ compiler),
 our loop compiles them too and LLaMA-Factory runs packed both eagerly and with its `torch_compile`; its
 best configuration in a round is the faster of the two. Our loop uses fused AdamW when the stage does
-(`optim.fused`), as LLaMA-Factory's transformers does by default. Our loop and the HF Trainer row each
-run in a fresh child process (`common.in_child`): trained in this process, they slowed the stage after them.
+(`optim.fused`), as LLaMA-Factory's transformers does by default. Our loop runs in a fresh child process
+(`common.in_child`): trained in this process, it slowed the stage after it; the HF Trainer row, last,
+runs in one too, so that no row trains in this process.
 
 The compared rows (our loop, the sft stage, LLaMA-Factory's best configuration) run in three rounds,
 each round in a rotated order, because this kind of machine drifts by tens of percent over minutes;
@@ -303,7 +304,7 @@ def main() -> None:
                         fused=stage_recipe.optim.fused)
 
     def plain_beside_idle_ray(index: int) -> dict:
-        # The plain loop again, in this process, while a private Ray started as `ours` starts it sits idle
+        # The plain loop again (in its child process) while a private Ray started as `ours` starts it sits idle
         # beside it (raylet, GCS, log monitor, agents, prestarted workers; no Train run, no Ray Data): what
         # Ray's processes alone cost a loop whose OpenMP threads hold every core.
         ensure_ray(num_cpus=2)

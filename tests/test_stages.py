@@ -185,7 +185,6 @@ def test_a_cpu_process_group_builds_no_shared_memory_reduce():
         assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None
 
 
-
 def _deepspeed_steps(model_dir, overrides: list[str], reduce: bool | None = None) -> list[torch.Tensor]:
     """The weights after three steps of pedray's Engine on the tiny model (`reduce`: force DeepSpeed's
     gradient all-reduce on or off; None leaves the Engine's choice)."""
