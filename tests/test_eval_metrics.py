@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pedray.eval.metrics import corpus_scores, distinct, sample_scores, segment
+from pedray.eval.metrics import altered_files, corpus_scores, distinct, sample_scores, segment
 
 REFERENCE = "孩子发烧要多喝水"   # jieba: 孩子 / 发烧 / 要 / 多喝水 (4 words)
 
@@ -60,6 +60,29 @@ def test_distinct_depends_on_the_prediction_alone_and_whitespace_is_empty():
     assert scores["distinct1"] == 100.0 and scores["distinct2"] == 100.0 and scores["rougeL"] == 0.0
     blank = corpus_scores(["  \n\u3000 "], [REFERENCE])
     assert blank["empty_predictions"] == 1 and all(blank[m] == 0.0 for m in ("distinct1", "distinct2", "rougeL"))
+
+
+def test_a_package_overwritten_by_another_is_noticed(tmp_path):
+    """`rouge-chinese` ships a module named `rouge`; installed after `rouge`, it overwrites the paper's files
+    (uv did so in CI). `altered_files` compares each module file with the distribution's RECORD."""
+    import base64
+    import hashlib
+    from importlib.metadata import PathDistribution
+
+    def record_hash(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    own = b"from rouge.rouge import Rouge\n"
+    (tmp_path / "rouge").mkdir()
+    (tmp_path / "rouge" / "__init__.py").write_bytes(own)
+    info = tmp_path / "rouge-1.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rouge\nVersion: 1.0.1\n")
+    (info / "RECORD").write_text(f"rouge/__init__.py,{record_hash(own)},{len(own)}\nrouge-1.0.1.dist-info/RECORD,,\n")
+    dist = PathDistribution(info)
+    assert altered_files(dist) == []
+    (tmp_path / "rouge" / "__init__.py").write_bytes(b"from rouge_chinese.rouge import Rouge\n")
+    assert altered_files(dist) == ["rouge/__init__.py"]
 
 
 def test_rouge_implementation_is_chosen_and_named():

@@ -53,10 +53,46 @@ def _deep_recursion(limit: int = 20000) -> Iterator[None]:
         sys.setrecursionlimit(before)
 
 
+def altered_files(distribution) -> list[str]:
+    """The files of an installed distribution under its own module folder whose content is not what its
+    RECORD says (sha256), e.g. overwritten by another package that ships a module of the same name."""
+    import base64
+    import hashlib
+
+    changed = []
+    for entry in distribution.files or ():
+        if entry.hash is None or entry.hash.mode != "sha256" or entry.suffix != ".py":
+            continue
+        path = entry.locate()
+        data = path.read_bytes() if path.is_file() else b""
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if digest != entry.hash.value:
+            changed.append(str(entry))
+    return changed
+
+
+@functools.cache
+def _paper_rouge():
+    """The `rouge` package's Rouge, after checking that its files are its own: `rouge-chinese` ships a module
+    named `rouge` as well (a copy of its own code), and whichever of the two an installer writes last
+    wins. pip happened to write `rouge` last, uv wrote `rouge-chinese` last: "paper" ROUGE-L then came
+    out as rouge-chinese's, silently (60 against 75 on the test's three sentences)."""
+    from importlib.metadata import distribution
+
+    changed = [f for f in altered_files(distribution("rouge")) if f.startswith("rouge/")]
+    if changed:
+        raise RuntimeError(f"the installed `rouge` package was overwritten by another one ({', '.join(changed)}; "
+                           "`rouge-chinese` ships a module of the same name): reinstall it last with "
+                           "`pip install --force-reinstall --no-deps rouge==1.0.1` (`make setup` does)")
+    from rouge import Rouge
+
+    return Rouge
+
+
 def rouge_f(hypothesis: list[str], truth: list[str], implementation: str = "paper") -> dict[str, float]:
     """ROUGE-1/2/L F1 (0..1) of two segmented texts with the chosen package."""
     if implementation == "paper":
-        from rouge import Rouge
+        Rouge = _paper_rouge()
     elif implementation == "rouge-chinese":
         from rouge_chinese import Rouge
     else:
