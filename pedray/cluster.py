@@ -14,7 +14,7 @@ RAY_DATA_LOGGING = str(Path(__file__).with_name("ray_data_logging.yaml"))
 # With Ray's defaults (PEDRAY_RAY_DEFAULTS=1) the placement-group cleaner below warns every second.
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
-# Ray Train helpers that a private local Ray has no use for (README "Ray's fixed cost" has what each
+# Ray Train helpers that a private local Ray has no use for (docs/ray-fixed-cost.md has what each
 # costs): each Train run would otherwise start them again, polling all run long.
 # PEDRAY_RAY_DEFAULTS=1 keeps Ray's defaults (the throughput bench compares the two).
 # - the preemption watcher: an actor per run polling every 5 s for a cloud provider's notice that a spot
@@ -31,7 +31,7 @@ LEAN_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_
 LEAN_TRAIN_CALLBACKS = ("ControllerMetricsCallback", "WorkerMetricsCallback", "PlacementGroupCleanerCallback")
 # Ray core's own bookkeeping in every process (a dozen on a one-worker stage, each woken every second or
 # so), for tools a private Ray without the dashboard does not run. On 2 cores, in an A/B of three sft
-# stages each, both off took the other processes from 0.089 to 0.078 cores (README "Ray's fixed cost"):
+# stages each, both off took the other processes from 0.089 to 0.078 cores (docs/ray-fixed-cost.md):
 # - metrics (Prometheus counters of tasks, objects, gRPC calls), exported to the dashboard agent (kept
 #   for `pedray serve`, whose router counts requests per route as a Ray metric);
 # - task events (each task's and actor's state changes), sent to the GCS every second for the state API,
@@ -246,7 +246,7 @@ def batch_scheduling(enabled: bool = True):
     the next barrier. A SCHED_BATCH thread does not preempt at wake-up; it runs at the next scheduler tick
     or when a core is free, with the same share of the CPU as before (no nice level changes). Measured on 2
     AMX cores, bf16, 30-step sft stages alternated in one run: the stage at 1.18, 1.11 and 1.11 of our
-    one-process loop against 1.00, 1.05 and 1.05 without (README "Ray's fixed cost").
+    one-process loop against 1.00, 1.05 and 1.05 without (docs/ray-fixed-cost.md).
     """
     policy = getattr(os, "SCHED_BATCH", None)
     if not enabled or policy is None:

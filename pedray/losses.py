@@ -137,8 +137,8 @@ def _unlikelihood(logps: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor
     # The candidates as (position, token) pairs, each once: a few dozen per position against a vocabulary
     # of thousands, so p_t(c) is gathered where it counts. The dense form (a softmax, log1p and mask over
     # all of [N, V]) took a fifth of the demo's sft step; with this one, sharing the LM loss's log-softmax,
-    # the step went from 497 to 416 ms against 373 without the term (one process, medians; README "Model
-    # quality"). Same values and gradients (tested against the dense form).
+    # the step went from 497 to 416 ms against 373 without the term (one process, medians;
+    # docs/model-quality.md). Same values and gradients (tested against the dense form).
     at, before = earlier.nonzero(as_tuple=True)
     pairs = torch.unique(at * vocab + targets[before])
     at, token = pairs // vocab, pairs % vocab

@@ -31,7 +31,7 @@ def test_common_chinese_characters_are_whole_tokens(tiny_tokenizer):
 
 def test_an_age_reads_as_the_same_tokens_in_the_question_and_the_answer(tiny_tokenizer):
     # the unit is a token of its own, not merged with what follows it ("个月了", "岁半男童"): the model can
-    # copy an age from the question token by token (README "Model quality", wrong age)
+    # copy an age from the question token by token (docs/model-quality.md, wrong age)
     def pieces(text):
         return [tiny_tokenizer.decode([i]) for i in tiny_tokenizer.encode(text, add_special_tokens=False)]
 

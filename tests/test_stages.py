@@ -161,7 +161,7 @@ def test_upstream_for_is_the_last_enabled_completed_stage_that_hands_a_model_on(
 
 def test_progress_window_reports_the_share_of_time_spent_waiting_for_data():
     """`data_wait` in every logged step: the share of the window the training thread waited for its next
-    micro-batch (0 when the Ray Data stream keeps up; README "Ray's fixed cost")."""
+    micro-batch (0 when the Ray Data stream keeps up; docs/ray-fixed-cost.md)."""
     import time
 
     from pedray.train.loop import _Window

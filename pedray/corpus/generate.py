@@ -55,8 +55,8 @@ def trerecom(rng: random.Random, cond: Condition) -> list[tuple[str, str]]:
     template = rng.choice(ph.TREAT_QUESTIONS)
     question = template.format(age=age, child=rng.choice(ph.CHILD), name=cond.name)
     # The answer restates the case as a doctor would ("患儿7个月，水痘。") when the question gives the age:
-    # reading the child's age off the question is learned only by doing it often enough (README "Model
-    # quality", wrong age).
+    # reading the child's age off the question is learned only by doing it often enough (docs/model-quality.md,
+    # wrong age).
     case = f"患儿{age}，{cond.name}。\n" if "{age}" in template else ""
     body = (case + "治疗方面：" + ph.listing(rng, ph.pick(rng, cond.management, 2)) + "\n居家护理："
             + ph.join(ph.pick(rng, cond.home_care, 2)))

@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 # A number and its unit are pre-tokens of their own ("10个月" -> "10" "个月"), so that an age or a dose
 # reads as the same tokens in the question and in the answer. Otherwise BPE merges the unit with whatever
 # follows it ("个月了", "岁半男童"), and the model, which learns to copy the number, guesses the unit: the
-# demo model called a 7-month-old "7岁" (README "Model quality", wrong age).
+# demo model called a 7-month-old "7岁" (docs/model-quality.md, wrong age).
 QUANTITY = Regex(r"[0-9]+(?:\.[0-9]+)?(?:个月|岁半|岁|天|周|小时|分钟|次|度|公斤|毫升|毫克)")
 
 
