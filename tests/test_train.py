@@ -218,6 +218,17 @@ def _report_recorder(path: Path):
     return Record()
 
 
+def test_progress_reports_go_to_ray_only_when_a_callback_reads_them(tmp_path):
+    """Between checkpoints the loop reports progress to Ray Train only for a callback (Tune's, a user's):
+    nothing else reads those metrics, and each report holds the worker's compute up."""
+    from pedray.train.runner import train_run
+
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "scaling.num_workers=1"])
+    for callbacks, expected in ((None, False), ([], False), ([_report_recorder(tmp_path / "r.jsonl")], True)):
+        trainer = train_run(recipe, ["sft"], lambda config: None, {}, "run", callbacks=callbacks)
+        assert trainer.train_loop_config["progress_reports"] is expected
+
+
 def test_progress_reports_are_spaced_so_they_never_hold_training_up(ray_local, tmp_path, small_corpus,
                                                                        tiny_model_dir):
     """Ray Train's controller takes one report per 2-s poll and `report` blocks until then: progress goes to

@@ -183,9 +183,10 @@ class StageConfig:
     log_every: int = 5
     """Print a progress line every N steps (each window's metrics go into the stage's history)."""
     report_every_s: float = 5.0
-    """Send the progress metrics to Ray Train at most this often (checkpoints always go). Ray Train's
-    controller takes one report per poll (every 2 s) and `ray.train.report` blocks until it has: a
-    report at every fast step would hold training up (measured: 1.7 s per report on the tiny model)."""
+    """Send the progress metrics to Ray Train at most this often, when a Ray Train callback reads them (a
+    Tune trial's, or one given to `run_stage`; checkpoints always go). Ray Train's controller takes one
+    report per poll and `ray.train.report` blocks until it has: a report at every fast step would hold
+    training up (measured: 1.7 s per report on the tiny model)."""
     beta: float = 0.1
     """dfpo: DPO temperature beta."""
     mu: float = 1.0

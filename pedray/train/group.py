@@ -114,7 +114,8 @@ def group_loop(config: dict[str, Any]) -> None:
 
             loop = StageLoop({"recipe": recipe, "stage": planned.stage, "upstream": planned.upstream,
                               "status_dir": config.get("status_dir"), "held_out": datasets.get("eval"),
-                              "train_data": datasets["train"], "checkpoint": restored, "saved": saved})
+                              "train_data": datasets["train"], "checkpoint": restored, "saved": saved,
+                              "progress_reports": config["progress_reports"]})
             loop.run()
             loop.close()
             restored, started = None, time.time()  # every later stage starts fresh, and its clock now

@@ -209,6 +209,8 @@ class StageLoop:
         self.spec = STAGE_SPECS[self.stage]
         self.settings, scaling = self.recipe.stage(self.stage), self.recipe.scaling
         self.status_dir = config.get("status_dir")
+        # progress metrics to Ray Train between checkpoints, for a callback that reads them (runner.train_run)
+        self.progress_reports = config.get("progress_reports", True)
         context = ray.train.get_context()
         self.rank, world = context.get_world_rank(), context.get_world_size()
         self.local = scaling.num_workers == 0
@@ -291,7 +293,8 @@ class StageLoop:
             _status(self.status_dir, self.rank, step)
             due = False
             if step % self.settings.log_every == 0 or last:
-                due = self.log(window, progress, time.monotonic() - reported >= self.settings.report_every_s)
+                due = self.log(window, progress, self.progress_reports
+                               and time.monotonic() - reported >= self.settings.report_every_s)
                 window = _Window()
             if step % self.settings.checkpoint_every == 0 and not last:
                 self.evaluate()

@@ -153,7 +153,13 @@ def train_run(recipe: Recipe, stages: list[str], loop: Callable[[dict], None], c
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     # PEDRAY_STATUS_DIR (driver side): workers write their pid and step there, for operators and tests.
     # data_context: the driver's Ray Data settings, for the stream a one-worker loop runs itself.
-    config = dict(config, status_dir=os.environ.get("PEDRAY_STATUS_DIR"), data_context=DataContext.get_current())
+    # progress_reports: the metrics between checkpoints go to Ray Train only when a callback reads them (Tune's,
+    # or one passed to run_stage). Nothing else does: Ray keeps a run's metrics only with a checkpoint, and
+    # every window is in the stage's history anyway. Each report is a round trip to Train's synchronisation
+    # actor and a hand-over to the controller, with the worker's compute threads waiting: the demo-sized
+    # sft stage stepped 2.7% faster without them (median of three alternated runs, 40 steps, 2 AMX cores).
+    config = dict(config, status_dir=os.environ.get("PEDRAY_STATUS_DIR"), data_context=DataContext.get_current(),
+                  progress_reports=bool(callbacks))
     left_out = set(LEAN_TRAIN_CALLBACKS) if lean() else set()
     if not datasets:
         left_out.add("DatasetsCallback")  # it would start the manager without a dataset to manage
