@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--size", choices=["tiny", "small"], default=None,
                         help="the embedded model (default: small, the issue's 23M model; tiny with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="steps of every row (24; 6 with --quick); "
+                        "the first quarter is warm-up, left out")
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers of the sft stage (threads split)")
     parser.add_argument("--ray-defaults", action="store_true", help="also the sft stage on Ray Train's defaults "
@@ -221,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     args.size = args.size or ("tiny" if args.quick else "small")
-    steps = 6 if args.quick else 24  # the first quarter of the steps is warm-up, left out of every row
+    steps = args.steps or (6 if args.quick else 24)  # the first quarter is warm-up, left out of every row
     threads = 2
 
     import ray
