@@ -210,7 +210,7 @@ class StageLoop:
         self.settings, scaling = self.recipe.stage(self.stage), self.recipe.scaling
         self.status_dir = config.get("status_dir")
         # progress metrics to Ray Train between checkpoints, for a callback that reads them (runner.train_run)
-        self.progress_reports = config.get("progress_reports", True)
+        self.progress_reports: bool = config["progress_reports"]
         context = ray.train.get_context()
         self.rank, world = context.get_world_rank(), context.get_world_size()
         self.local = scaling.num_workers == 0
