@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+
+import pytest
 
 SCRIPT = """
 import os, ray
@@ -168,3 +171,31 @@ def test_a_private_rays_processes_run_under_sched_batch_and_the_driver_does_not(
     batch, other = lines[2].split()
     assert lines[0] == f"True {batch} [{batch}] {other}", done.stdout
     assert lines[1] == f"False {other} [{other}] {other}", done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies only")
+def test_compute_thread_takes_a_batch_thread_and_the_threads_it_starts_back_to_the_default_policy():
+    """A Train worker's training thread inherits SCHED_BATCH from a private Ray; `compute_thread` puts it
+    (and the threads it starts afterwards, as its OpenMP team) back under SCHED_OTHER, and leaves a
+    thread already there alone."""
+    from pedray.cluster import compute_thread
+
+    seen = {}
+
+    def worker() -> None:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        seen["before"] = os.sched_getscheduler(0)
+        compute_thread()
+        seen["after"] = os.sched_getscheduler(0)
+        child = threading.Thread(target=lambda: seen.__setitem__("child", os.sched_getscheduler(0)))
+        child.start()
+        child.join()
+        compute_thread()
+        seen["again"] = os.sched_getscheduler(0)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"before": os.SCHED_BATCH, "after": os.SCHED_OTHER, "child": os.SCHED_OTHER,
+                    "again": os.SCHED_OTHER}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own thread was never touched

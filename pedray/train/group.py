@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pedray.cluster import private, reap_dead_actors
+from pedray.cluster import compute_thread, private, reap_dead_actors
 from pedray.config.schema import Recipe
 from pedray.train.runner import complete_manifest
 
@@ -100,6 +100,7 @@ def group_loop(config: dict[str, Any]) -> None:
     DataContext._set_current(config["data_context"])
     restored = ray.train.get_checkpoint()  # the run's latest: of the first stage left, or of one before it
     started = config["started"]
+    compute_thread()  # before the first torch op: its OpenMP team inherits the policy
     with process_group(recipe.scaling.use_gpu):
         quiet_known_noise()
         for planned in config["plan"]:

@@ -17,7 +17,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from pedray.cluster import KnownNoise
+from pedray.cluster import KnownNoise, compute_thread
 from pedray.config.schema import Recipe
 from pedray.model.build import load_model, load_tokenizer
 from pedray.train import compiled
@@ -344,6 +344,7 @@ class StageLoop:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. `config`: recipe (the Recipe object), stage, upstream (model folder),
     status_dir, held_out (the held-out rows as numpy columns, or None)."""
+    compute_thread()  # before the first torch op: its OpenMP team inherits the policy
     with process_group(config["recipe"].scaling.use_gpu):
         quiet_known_noise()
         StageLoop(config).run()
