@@ -265,8 +265,9 @@ def batch_scheduling(enabled: bool = True):
 
 
 def compute_thread() -> None:
-    """The calling thread back under the default policy (SCHED_OTHER) if `batch_scheduling` passed it
-    SCHED_BATCH; the threads it starts afterwards (its OpenMP team) inherit that.
+    """The calling thread back under the default policy (SCHED_OTHER) if it runs under SCHED_BATCH, as a
+    private Ray's workers do (`batch_scheduling`); the threads it starts afterwards (its OpenMP team)
+    inherit that. A thread under any other policy is left alone.
 
     Called by a Train worker's training thread before its first torch op: Ray's threads in the worker
     and Ray's other processes stay batch and never preempt at wake-up, while the compute threads compete
@@ -274,11 +275,11 @@ def compute_thread() -> None:
     48-step sft stage alternated in one run: 4,115 / 4,063, 3,772 / 3,720 and 3,870 / 3,770 tok/s with
     and without (docs/ray-fixed-cost.md).
     """
-    batch, other = getattr(os, "SCHED_BATCH", None), getattr(os, "SCHED_OTHER", None)
+    batch = getattr(os, "SCHED_BATCH", None)
     if batch is None or os.sched_getscheduler(0) != batch:
         return
     try:
-        os.sched_setscheduler(0, other, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError:  # not ours to leave: keep it
         pass
 
