@@ -22,11 +22,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray, offline)
+from common import ROOT, cpu_kind, scratch  # noqa: E402  (first: this checkout's pedray, offline)
 
 STEPS = ["stages.cpt.max_steps=10", "stages.sft.max_steps=10", "stages.dfpo.max_steps=5",
          "stages.mouse.max_steps=5", "stages.mouse.checkpoint_every=5", "stages.dfpo.checkpoint_every=5"]
@@ -63,7 +62,7 @@ def main() -> int:
     config = args.config or str(ROOT / "jobs" / ("tiny.yaml" if args.quick else "default.yaml"))
     extra = (QUICK if args.quick else STEPS) + list(args.overrides)
     stages = "cpt,sft" if args.quick else None
-    base = Path(tempfile.mkdtemp(prefix="chain-start-"))
+    base = scratch("chain-start-")
     runs: dict[str, list[dict]] = {"shared": [], "per_stage": []}
     for index in range(rounds):
         order = ("shared", "per_stage") if index % 2 == 0 else ("per_stage", "shared")  # neither always first

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
+import common  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 
 def ray_round(corpus: Path, model: Path, cfg) -> dict:
@@ -38,7 +37,7 @@ def hf_round(corpus: Path, model: Path, cfg, num_proc: int) -> dict:
     datasets.disable_progress_bars()
     start = time.perf_counter()
     data = datasets.load_dataset("json", data_files=str(corpus / "sft_train.jsonl"), split="train",
-                                 cache_dir=tempfile.mkdtemp())
+                                 cache_dir=str(common.scratch("pedray-bench-hf-cache-")))
     data = data.shuffle(seed=cfg.seed)
 
     def tokenize_and_pack(batch: dict) -> dict:
@@ -69,7 +68,7 @@ def main() -> None:
     from pedray.corpus.generate import write_corpus
     from pedray.model.build import init_model
 
-    work = Path(tempfile.mkdtemp(prefix="pedray-bench-data-"))
+    work = common.scratch("pedray-bench-data-")
     write_corpus(work / "corpus", seed=0, count=count, holdout=0.0)
     model = init_model("tiny", work / "model")
     cfg = DataConfig(seq_len=512, batch_size=512, instructions=count)

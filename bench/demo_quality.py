@@ -29,11 +29,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cpu_kind  # noqa: E402  (first: this checkout's pedray, offline)
+from common import ROOT, cpu_kind, scratch  # noqa: E402  (first: this checkout's pedray, offline)
 from pedray.eval.degeneration import JUDGED  # noqa: E402
 from pedray.vocab import STAGES  # noqa: E402
 
@@ -165,7 +164,7 @@ def main() -> int:
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])  # --quick stays under two minutes
     config = args.config or str(ROOT / "jobs" / ("tiny.yaml" if args.quick else "default.yaml"))
     extra = [f"scaling.precision={args.precision}"] + list(args.overrides)
-    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="demo-quality-"))
+    base = Path(args.keep) if args.keep else scratch("demo-quality-")
     results = {"config": config, "overrides": args.overrides, "cpu": cpu_kind(), "precision": args.precision, "seeds": {}}
     checks: list[dict] = []
     kind = results["cpu"]["flags"].split(",")[0] if results["cpu"]["flags"] else ""

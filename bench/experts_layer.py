@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
+import common  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -134,7 +133,7 @@ def main() -> None:
     from pedray.corpus.generate import write_corpus
     from pedray.model.build import default_model_dir
 
-    work = Path(tempfile.mkdtemp(prefix="pedray-bench-experts-"))
+    work = common.scratch("pedray-bench-experts-")
     write_corpus(work / "corpus", seed=0, count=600, holdout=0.0)
     model_dir = default_model_dir("small")
     from pedray.cluster import loopback_only

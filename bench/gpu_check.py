@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 
-import common  # noqa: E402,F401  (first: this checkout's pedray, offline; bench/ is the script's folder)
+import common  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
             {"name": "cuda_available", "value": False, "target": True, "met": False}]}))
         return
     steps = 10 if args.quick else args.steps
-    work = Path(tempfile.mkdtemp(prefix="pedray-gpu-check-"))
+    work = common.scratch("pedray-gpu-check-")
     write_corpus(work / "corpus", seed=0, count=3000, holdout=0.02)
     model_dir = default_model_dir(args.size)
     from pedray.cluster import loopback_only

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_kind, in_child  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
+from common import cpu_kind, in_child, scratch  # noqa: E402  (first: this checkout's pedray, offline; bench/ is the script's folder)
 
 import torch  # noqa: E402
 
@@ -128,7 +128,8 @@ def hf_trainer(model_dir: Path, docs, batch: int, steps: int, precision: str, th
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
+    out = tempfile.TemporaryDirectory(prefix="pedray-bench-hf-")  # save_strategy "no": nothing lands there
+    args = TrainingArguments(output_dir=out.name, per_device_train_batch_size=batch, max_steps=steps,
                              learning_rate=1e-4, bf16=precision == "bf16", use_cpu=True, report_to=[],
                              logging_steps=10**6, save_strategy="no", dataloader_num_workers=0,
                              disable_tqdm=True, max_grad_norm=1.0, remove_unused_columns=False)
@@ -183,7 +184,7 @@ def llamafactory_row(python: Path, corpus_file: Path, model_dir: Path, steps: in
     spec = {"model_dir": str(model_dir), "data_file": str(corpus_file), "cutoff": 512, "max_samples": 1000,
             "batch": 8, "steps": steps, "precision": precision, "threads": threads, "packing": packing,
             "checkpointing": not packing, "compile": compile_model}
-    result = run(python, spec, Path(tempfile.mkdtemp(prefix="pedray-bench-lf-")))
+    result = run(python, spec, scratch("pedray-bench-lf-"))
     return {"tokens_per_s": result["tokens_per_s"], "steps": result["steps"],
             "tokens_per_step": round(result["tokens_per_step"], 1)}
 
@@ -242,7 +243,7 @@ def main() -> None:
     real = Path(__file__).resolve().parents[2] / "shared" / "data" / "medicalgpt" / "medical_sft_1k.jsonl"
     if not real.is_file():
         sys.exit(f"train_throughput needs the real-data kit: {real} not found")
-    work = Path(tempfile.mkdtemp(prefix="pedray-bench-train-"))
+    work = scratch("pedray-bench-train-")
     corpus = work / "corpus"
     prep([real], corpus, holdout=0.0, near_duplicate_threshold=1.0)  # all 1,000 consultations, as LLaMA-Factory reads them
     if args.quick:  # the first 300 are plenty for six steps, and the stage's pipeline is done sooner

@@ -58,6 +58,11 @@ def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp
         assert manifest["data_fingerprint"] and manifest["code_version"].startswith("pedray")
         waits = [row[f"{stage}/data_wait"] for row in json.loads(Path(manifest["paths"]["history"]).read_text())]
         assert waits and all(0.0 <= wait <= 1.0 for wait in waits), stage  # a share of each logged window
+        # local mode keeps the stage's final checkpoint in its run's folder of the output, not in the temporary
+        # directory for good, and only that one (every stage of the tiny recipe checkpoints halfway too)
+        kept = Path(manifest["paths"]["checkpoint"])
+        assert kept.parent.parent == (tmp_path / "ray").resolve() and (kept / "state.json").is_file(), stage
+        assert [path.name for path in kept.parent.glob("local_checkpoint_*")] == [kept.name], stage
     assert manifests["sft"]["upstream"]["stage"] == "cpt" and manifests["mouse"]["upstream"]["stage"] == "dfpo"
     dfpo = manifests["dfpo"]["metrics"]
     assert {"dfpo/reward_accuracy", "dfpo/reward_margin", "dfpo/chosen_logps", "dfpo/rejected_logps"} <= set(dfpo)

@@ -27,6 +27,7 @@ from pedray.train.stream import Prefetch, micro_batches, share, train_stream
 
 STATE_FILE = "state.json"
 EXPORT_DIR = "export"
+LOCAL_CHECKPOINT = "local_checkpoint_"  # + step: a local-mode run's (not Ray's "checkpoint_<time>" names)
 
 
 @dataclass
@@ -122,15 +123,21 @@ def _load_model(upstream: str, recipe: Recipe, ds_config: dict[str, Any]):
     return model
 
 
-def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, local: bool,
+def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, keep_in: Path | None,
                 export: Callable[[Path], None] | None = None, saved: Callable[[Path], None] | None = None) -> None:
     """Every rank saves its DeepSpeed share into one folder; Ray merges the ranks' folders. `saved(folder)`
     runs on rank 0 once the checkpoint is persisted (`ray.train.get_checkpoint()` is then this one).
 
-    Ray copies the folder to storage, so it is removed after the report; in local mode (no workers)
-    Ray keeps the folder itself as the checkpoint, so it stays.
+    Ray copies the folder to storage, so it is removed after the report. In local mode (no workers) Ray
+    copies nothing and keeps the reported folder itself as the checkpoint: `keep_in` is then where it is
+    written and stays (`local_checkpoints`), and the earlier ones there, which Ray no longer holds, go.
     """
-    folder = Path(tempfile.mkdtemp(prefix="pedray-ckpt-"))
+    if keep_in is None:
+        folder = Path(tempfile.mkdtemp(prefix="pedray-ckpt-"))
+    else:
+        folder = keep_in / f"{LOCAL_CHECKPOINT}{state.step:06d}"
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier, stopped run's at the same step
+        folder.mkdir(parents=True)
     try:
         engine.save(folder)
         if rank == 0:
@@ -141,8 +148,25 @@ def _checkpoint(engine, state: LoopState, metrics: dict[str, float], rank: int, 
         if saved is not None and rank == 0:
             saved(folder)
     finally:
-        if not local:
+        if keep_in is None:
             shutil.rmtree(folder, ignore_errors=True)
+    if keep_in is not None:
+        for earlier in keep_in.glob(f"{LOCAL_CHECKPOINT}*"):
+            if earlier != folder:
+                shutil.rmtree(earlier, ignore_errors=True)
+
+
+def local_checkpoints(storage_path: str, run_name: str, remote: bool) -> str:
+    """Where a local-mode run (no workers) keeps its checkpoints: the run's folder under Ray's storage path,
+    where Ray writes a worker's (a stage's manifest then points into the output, and each run keeps one);
+    for remote storage, which local mode does not upload to, a folder of this machine's temporary
+    directory named after the run, so that a rerun of the stage replaces what the last one left.
+
+    Before, every local-mode checkpoint stayed in its own temporary folder for good (361 MB each for the
+    small model with its optimizer state; 144 of them had piled up on one development machine).
+    """
+    root = Path(tempfile.gettempdir()) / "pedray-local-checkpoints" if remote else Path(storage_path)
+    return str(root / run_name)
 
 
 def _evaluate(engine, batches: Iterator[dict[str, np.ndarray]], spec: StageSpec, recipe: Recipe, stage: str,
@@ -213,7 +237,8 @@ class StageLoop:
         self.progress_reports: bool = config["progress_reports"]
         context = ray.train.get_context()
         self.rank, world = context.get_world_rank(), context.get_world_size()
-        self.local = scaling.num_workers == 0
+        # local mode: where the loop keeps its checkpoints (runner.train_run; None: Ray copies them to storage)
+        self.keep_in = Path(config["local_checkpoints"]) if config.get("local_checkpoints") else None
         torch.set_num_threads(scaling.threads_per_worker or max(1, int(scaling.cpus_per_worker)))
         torch.manual_seed(self.recipe.data.seed + self.rank)
         self.device = ray.train.torch.get_device() if scaling.use_gpu else torch.device("cpu")
@@ -298,7 +323,7 @@ class StageLoop:
                 window = _Window()
             if step % self.settings.checkpoint_every == 0 and not last:
                 self.evaluate()
-                _checkpoint(self.engine, self.state, dict(self.metrics, finished=0), self.rank, self.local)
+                _checkpoint(self.engine, self.state, dict(self.metrics, finished=0), self.rank, self.keep_in)
                 reported = time.monotonic()
             elif due and not last:  # the last step reports with the final checkpoint
                 ray.train.report(self.metrics)
@@ -328,7 +353,7 @@ class StageLoop:
         full_state = self.engine.full_state_dict()
         # "done" is a reserved result key in Ray Tune (it ends the trial at once): the metric is "finished".
         _checkpoint(self.engine, replace(self.state, done=True), dict(self.metrics, finished=1), self.rank,
-                    self.local, export=lambda folder: self.export(full_state, folder), saved=self.saved)
+                    self.keep_in, export=lambda folder: self.export(full_state, folder), saved=self.saved)
 
     def close(self) -> None:
         """Stop the stage's data stream (its Ray Data execution) and drop the engine, for the next stage
