@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,22 @@ def test_bad_eval_inputs_name_the_file_and_the_expected_layout(tmp_path):
         pediabench_items(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="no held-out questions"):
         load_sets([], [tmp_path])
+
+
+def test_parent_questions_route_by_their_task_column(tmp_path):
+    """jobs/eval/parent_questions.jsonl: questions in a parent's own words, with a reference written from our
+    knowledge base; each row names the expert the chat's router sends it to (a care question is `general`)."""
+    shipped = Path(__file__).resolve().parents[1] / "jobs" / "eval" / "parent_questions.jsonl"
+    items = pediabench_items(shipped)
+    assert len(items) == 16 and {i["kind"] for i in items} == {"text"}
+    assert Counter(i["task"] for i in items) == {"general": 9, "dialogue": 4, "evidiag": 2, "medkqa": 1}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"questions": "孩子发烧怎么办？", "answers": "多喝水", "task": "chat"}, ensure_ascii=False) + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl: row 1: task 'chat' is not one of"):
+        pediabench_items(bad)
+    plain = tmp_path / "plain.jsonl"  # no task column: medkqa, as before
+    plain.write_text(json.dumps({"questions": "孩子发烧怎么办？", "answers": "多喝水"}, ensure_ascii=False) + "\n")
+    assert pediabench_items(plain)[0]["task"] == "medkqa"
 
 
 def test_heldout_items_take_the_first_of_each_task(small_corpus):

@@ -97,13 +97,18 @@ def pediabench_items(path: str | Path, limit: int = 0) -> list[dict[str, str]]:
 
     A row with `options` is multiple choice (reference: the sorted answer letters); an answer of
     对/错 (正确/错误) makes a true/false row; anything else is an open question scored on text.
-    Case files (`case` in the name) route as evidiag, the rest as medkqa.
+    Case files (`case` in the name) route as evidiag, the rest as medkqa, unless a row names its `task`
+    (jobs/eval/parent_questions.jsonl: a parent's care question goes to the `general` expert, as the chat's
+    router sends it).
     """
     path = Path(path)
     set_name = path.stem
-    task = "evidiag" if "case" in set_name.lower() else "medkqa"
+    default_task = "evidiag" if "case" in set_name.lower() else "medkqa"
     items, skipped = [], 0
     for number, row in _table_rows(path):
+        task = str(row.get("task") or default_task).strip()
+        if task not in TASKS:
+            raise InputError(f"{path}: row {number}: task '{task}' is not one of {list(TASKS)}")
         question = normalize_text(str(row.get("questions") or ""))
         answer = normalize_text(str(row.get("answers") or ""))
         if not question or not answer:
