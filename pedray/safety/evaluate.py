@@ -43,8 +43,10 @@ def evaluate(part: str = "test") -> dict[str, Any]:
     by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # [flagged, cases, urgent]
     misses, false_alarms = [], []
     urgent_total = urgent_hit = everyday_total = everyday_flagged = 0
+    rules_hit = rules_flagged = 0  # the rules alone, without the classifier behind them
     for case in load_cases(part):
         result = triage(case["messages"])
+        by_rules = result.urgent and "learned" not in result.names
         text = " || ".join(m["content"] for m in case["messages"] if m["role"] == "user")
         counts = by_category[case["category"]]
         counts[0] += result.urgent
@@ -53,11 +55,13 @@ def evaluate(part: str = "test") -> dict[str, Any]:
         if case["urgent"]:
             urgent_total += 1
             urgent_hit += result.urgent
+            rules_hit += by_rules
             if not result.urgent:
                 misses.append({"category": case["category"], "text": text})
         else:
             everyday_total += 1
             everyday_flagged += result.urgent
+            rules_flagged += by_rules
             if result.urgent:
                 false_alarms.append({"category": case["category"], "text": text, "signs": result.names,
                                      "reasons": [s.reason for s in result.signs]})
@@ -65,6 +69,8 @@ def evaluate(part: str = "test") -> dict[str, Any]:
     false_alarm = _rate(everyday_flagged, everyday_total)
     return {"part": part, "urgent_cases": urgent_total, "everyday_cases": everyday_total,
             "recall": recall, "false_alarm_rate": false_alarm,
+            "rules_only": {"recall": _rate(rules_hit, urgent_total),
+                           "false_alarm_rate": _rate(rules_flagged, everyday_total)},
             "per_category": {name: {"urgent": bool(urgent), "flagged": flagged, "cases": total,
                                     "recall" if urgent else "false_alarm_rate": _rate(flagged, total)}
                              for name, (flagged, total, urgent) in sorted(by_category.items(), key=lambda x: -x[1][2])},
@@ -80,6 +86,8 @@ def render(report: dict[str, Any]) -> str:
              f"recall of urgent cases {report['recall']:.1%} (target >= {TARGETS['recall']:.0%}); "
              f"false alarms on everyday questions {report['false_alarm_rate']:.1%} "
              f"(target <= {TARGETS['false_alarm_rate']:.0%}): {'met' if report['met'] else 'NOT met'}",
+             f"  the rules alone: recall {report['rules_only']['recall']:.1%}, false alarms "
+             f"{report['rules_only']['false_alarm_rate']:.1%} (the classifier behind them adds the rest)",
              "", "category              flagged/cases"]
     lines += [f"  {name:<20} {row['flagged']:>3}/{row['cases']:<3} "
               + (f"recall {row['recall']:.0%}" if row["urgent"] else f"false alarms {row['false_alarm_rate']:.0%}")

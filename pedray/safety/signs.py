@@ -11,7 +11,7 @@ temperature given in the third.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -22,6 +22,7 @@ from pedray.safety import numbers
 from pedray.vocab import URGENT_NOTICE
 
 SIGNS_FILE = Path(__file__).with_name("signs.yaml")
+_LEXICON_ENTRY = re.compile(r"@([a-z_]+)")  # `@fever` in a pattern: the lexicon's entry `fever`
 GROUPS = ("fever_infant", "breathing", "neuro", "dehydration", "skin_circulation", "abdomen", "jaundice",
           "injury", "poisoning", "choking")
 
@@ -37,16 +38,22 @@ _PAST = re.compile(r"以前|之前|去年|前年|小时候|曾经|上次|上个�
 _RECENT = re.compile(r"刚才|刚刚|刚|现在|今天|今早|今晚|昨晚|昨天|正在|又|这次|突然|一直|还在|目前")
 _CONDITIONAL = re.compile(r"如果|假如|万一|要是|假设")
 _GENERAL = re.compile(r"预防|会不会|会引起|会导致|会影响|是什么|什么是|有哪些|哪些|怎么判断|如何判断|怎样判断|什么原因|原因|"
-                      r"区别|急救方法|怎么急救|如何急救|怎么处理|为什么|多少需要|怎么护理|遗传|(?:时|的时候)[^，。,]{0,10}吗")
+                      r"有什么危险|有什么后果|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|急救方法|怎么急救|"
+                      r"如何急救|怎么处理|为什么|多少需要|怎么护理|遗传|应该先做什么|应该怎么做|家长(?:应该|要|该)|"
+                      r"(?:时|的时候)[^，。,]{0,10}吗")
 
 FEVER = r"发烧|发热|高烧|低烧|烧到|体温高|发高烧"
 VOMIT = r"呕吐|吐"
 JAUNDICE = r"黄疸|发黄|黄了|皮肤黄|脸黄|全身黄|很黄|变黄"
 HEAD_TRAUMA = (r"(?:摔|磕|撞|跌|碰|砸|掉|坠)[^，。,；没不无未]{0,8}(?:头|脑袋|后脑|额头)|"
+               # a fall from furniture: a small child lands on its head more often than not
+               r"(?:从|在)[^，。,；]{0,4}(?:床|沙发|椅|桌|楼梯|台阶|滑梯|婴儿车|推车)[^，。,；]{0,4}(?:摔|掉|跌|滚)|"
                r"(?:头|脑袋|后脑勺?|额头)[^，。,；没不无未]{0,4}(?:被?撞|磕|摔|着地|碰)")
 AFTER_HEAD_TRAUMA = (r"呕吐|吐|想睡|嗜睡|犯困|迷糊|叫不醒|昏|晕|意识|抽搐|精神不好|精神差|耳朵流血|鼻子流清水|"
-                     r"不想说话|不说话|不认人|反应慢|站不稳|走路不稳|重影")
-SEVERE_HEADACHE = r"(?:头痛|头疼)[^，。,；]{0,4}(?:厉害|剧烈|受不了|炸|要命|不行)|剧烈头(?:痛|疼)"
+                     r"不想说话|不说话|不认人|不太?理人|不爱理人|反应慢|反应差|站不稳|走路不稳|重影|一直睡|头(?:痛|疼)|"
+                     r"走路[^，。,；]{0,3}(?:歪|晃|摇)|抽了|抽起来|(?:耳朵|耳|鼻子|鼻)[^，。,；]{0,3}(?:流|出|冒)[^，。,；]{0,2}(?:血|水)")
+SEVERE_HEADACHE = (r"(?:头痛|头疼)[^，。,；]{0,4}(?:厉害|剧烈|受不了|炸|要命|不行)|剧烈头(?:痛|疼)|"
+                   r"(?:头痛|头疼)得[^，。,；]{0,4}(?:哭|抱着头|捂着头|打滚)")
 NO_URINE = r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)(?:都|也)没有?|尿(?:不湿|布)[^，。,；]{0,6}干"
 PALE_STOOL = r"(?:大便|便便|粪便)[^，。,；没不无未]{0,4}(?:发白|白色|灰白|陶土)"
 
@@ -107,8 +114,19 @@ class Rule:
 @lru_cache(maxsize=1)
 def rules() -> tuple[Rule, ...]:
     """The signs of `signs.yaml`, checked: every sign has a known group and a way to be found."""
+    signs = yaml.safe_load(SIGNS_FILE.read_text(encoding="utf-8"))
+    lexicon = signs.pop("lexicon", None) or {}
+
+    def expand(pattern: str) -> re.Pattern:
+        def entry(found: re.Match) -> str:
+            if found.group(1) not in lexicon:
+                raise ValueError(f"{SIGNS_FILE}: pattern {pattern!r} names @{found.group(1)}, which the lexicon "
+                                 f"does not define (it has {sorted(lexicon)})")
+            return f"(?:{lexicon[found.group(1)]})"
+        return re.compile(_LEXICON_ENTRY.sub(entry, pattern))
+
     loaded = []
-    for name, spec in yaml.safe_load(SIGNS_FILE.read_text(encoding="utf-8")).items():
+    for name, spec in signs.items():
         unknown = set(spec) - {"group", "label", "advice", "match", "with", "unless", "check"}
         if unknown or spec.get("group") not in GROUPS or not spec.get("label") or not spec.get("advice"):
             raise ValueError(f"{SIGNS_FILE}: sign {name!r} needs group (one of {GROUPS}), label and advice; "
@@ -117,7 +135,7 @@ def rules() -> tuple[Rule, ...]:
             raise ValueError(f"{SIGNS_FILE}: sign {name!r} has neither 'match' nor 'check'")
         if spec.get("check") and spec["check"] not in CHECKS:
             raise ValueError(f"{SIGNS_FILE}: sign {name!r}: no check named {spec['check']!r} (have {sorted(CHECKS)})")
-        compile_all = lambda key: [re.compile(p) for p in spec.get(key) or []]  # noqa: E731
+        compile_all = lambda key: [expand(p) for p in spec.get(key) or []]  # noqa: E731
         loaded.append(Rule(name, spec["group"], spec["label"], spec["advice"], compile_all("match"),
                            compile_all("with"), compile_all("unless"), spec.get("check")))
     return tuple(loaded)
@@ -262,8 +280,14 @@ def _find(rule: Rule, chat: Conversation) -> tuple[int, str] | None:
     return None
 
 
-def triage(messages: list[dict[str, Any]]) -> Triage:
-    """The danger signs the user's turns of a chat raise, in the order of `signs.yaml`."""
+LEARNED = Sign("learned", "learned", "描述与已知的危险情况相近（自动识别，未对应到具体条目）", "",
+               "无法确定是哪一种危险情况时，请尽快带孩子就医，或拨打120说明孩子的情况。", 0)
+"""The sign the classifier behind the rules raises (`pedray.safety.learned`); reason and turn per chat."""
+
+
+def triage(messages: list[dict[str, Any]], learned: bool = True) -> Triage:
+    """The danger signs the user's turns of a chat raise, in the order of `signs.yaml`; when none does and
+    `learned` is on, the classifier trained on the dev cases may still call the chat urgent (`LEARNED`)."""
     turns = [(i, m["content"]) for i, m in enumerate(messages)
              if m.get("role") == "user" and isinstance(m.get("content"), str)]
     chat = Conversation(turns)
@@ -272,6 +296,12 @@ def triage(messages: list[dict[str, Any]]) -> Triage:
         hit = _find(rule, chat)
         if hit:
             signs.append(Sign(rule.name, rule.group, rule.label, hit[1], rule.advice, hit[0]))
+    if not signs and learned and turns:
+        from pedray.safety import learned as classifier
+
+        if classifier.score(messages) >= classifier.THRESHOLD:
+            quoted = "、".join(f"“{piece}”" for piece in classifier.reasons(messages)) or "整段描述"
+            signs.append(replace(LEARNED, reason=quoted, turn=turns[-1][0]))
     return Triage(tuple(signs))
 
 

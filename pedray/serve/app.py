@@ -148,10 +148,13 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _load_tokenizer(folder: str) -> tuple[Any, int]:
     """The router's tokenizer and the model's context length (transformers and torch come with it: imported
-    on the router's loading thread, not at its start)."""
+    on the router's loading thread, not at its start); the triage's classifier is trained here too, so
+    that the first chat does not wait for scikit-learn's import and its fit (about a second)."""
     from pedray.model.build import check_model_dir, load_tokenizer
+    from pedray.safety import learned
 
     config = json.loads((check_model_dir(folder) / "config.json").read_text())
+    learned.model()
     return load_tokenizer(folder), int(config.get("max_position_embeddings", 2048))
 
 

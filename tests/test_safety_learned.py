@@ -1,0 +1,94 @@
+"""The triage's lexicon, the signs added from phrasings written after the rules, and the classifier
+behind the rules (pedray.safety.learned)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pedray.safety import learned, red_flags, triage
+from pedray.safety.evaluate import evaluate, load_cases, render
+from pedray.safety.signs import SIGNS_FILE, rules
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize("text, flags", [
+    ("男孩突然说蛋蛋很疼", ["testicular_pain"]),
+    ("孩子吃了芒果以后喉咙发紧，声音哑了", ["allergic_reaction"]),
+    ("孩子摔了一跤嘴唇肿了", []),                                   # a swollen lip without an allergy's context
+    ("孩子高烧不退第六天了，眼睛红，嘴唇干裂", ["kawasaki_signs"]),
+    ("孩子发烧第六天了，精神好", []),                               # a long fever alone is the doctor's, not 120's
+    ("孩子吞了一个硬币，说胸口疼", ["swallowed_object"]),
+    ("小孩吞了一根大头针", ["swallowed_object"]),                   # sharp: no symptom needed
+    ("宝宝手伸进了热水壶，手掌都起泡了", ["hot_liquid_burn"]),
+    ("孩子疝气鼓出来一个包，推不回去", ["incarcerated_hernia"]),
+    ("孩子说看东西有重影", ["double_vision"]),
+    ("宝宝吃奶一点力气都没有", ["unable_to_feed"]),
+    ("孩子吐出来的东西里面有血", ["vomiting_blood"]),
+    ("孩子流鼻血，吐出来的口水里有血", []),                          # blood from the nose, swallowed
+    ("孩子鼻子出血，按了二十分钟还在流", ["bleeding"]),
+    ("孩子流了好多血，现在已经止住了", []),
+    ("孩子现在在抽，怎么办", ["seizure"]),
+    ("孩子哭完了一抽一抽地吸气，正常吗", []),                        # catching the breath after crying
+    ("孩子打嗝一抽一抽的停不下来", []),
+    ("小孩吃了磁铁会有什么危险", []),                                # a question about magnets, not a swallowed one
+    ("小孩一个多月，发热了，体温38度2", ["infant_fever"]),           # "一个多月" is an age
+    ("宝宝出生十来天，耳温38.1", ["infant_fever"]),
+    ("孩子发烧的时候手脚有点凉，吃了药后就暖和了，精神很好", []),
+])
+def test_signs_from_phrasings_written_after_the_rules(text, flags):
+    assert triage(_user(text), learned=False).names == flags
+
+
+def test_the_lexicon_stands_for_its_words_and_an_unknown_entry_fails_to_load(tmp_path, monkeypatch):
+    poison = next(rule for rule in rules() if rule.name == "household_poison")
+    assert any("啃" in p.pattern for p in poison.with_)             # `@ate` in signs.yaml, expanded
+    assert red_flags("宝宝啃了一块洗衣凝珠") == ["household_poison"]
+    broken = tmp_path / "signs.yaml"
+    broken.write_text(SIGNS_FILE.read_text(encoding="utf-8") + "\noops:\n  group: neuro\n  label: x\n  advice: y\n"
+                      "  match: ['@nowhere']\n", encoding="utf-8")
+    monkeypatch.setattr("pedray.safety.signs.SIGNS_FILE", broken)
+    rules.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="@nowhere, which the lexicon does not define"):
+            rules()
+    finally:
+        rules.cache_clear()
+
+
+# Written for this test, in none of the labelled parts: no rule names what these say.
+BEYOND_THE_RULES = ["宝宝一直哭闹，腿缩着，脸色发白，一阵一阵的", "孩子脖子后面疼，一低头就哭，还发烧",
+                    "孩子脸色蜡黄，嘴唇没有血色，走几步就要歇"]
+
+
+@pytest.mark.parametrize("text", BEYOND_THE_RULES)
+def test_the_classifier_flags_what_no_rule_names_and_says_why(text):
+    assert triage(_user(text), learned=False).names == []
+    result = triage(_user(text))
+    assert result.names == ["learned"] and learned.score(_user(text)) >= learned.THRESHOLD
+    sign = result.signs[0]
+    assert sign.reason.count("“") >= 1 and sign.label in result.notice() and "120" in result.notice()
+
+
+def test_the_classifier_adds_to_the_rules_and_never_replaces_them():
+    assert triage(_user("宝宝吃了爸爸的降压药")).names == ["swallowed_medicine"]   # a rule's sign, not "learned"
+    for text in ("孩子有点咳嗽", "宝宝五个月，可以吃米粉吗", "孩子不爱吃青菜怎么办"):
+        assert learned.score(_user(text)) < learned.THRESHOLD and triage(_user(text)).names == []
+    assert learned.score([{"role": "assistant", "content": "孩子抽搐、呼吸困难请立即就医。"}]) == 0.0
+
+
+def test_the_threshold_is_the_dev_parts_cross_validated_two_per_cent():
+    """THRESHOLD is where 2% of the dev part's everyday questions are flagged in cross-validation; when the
+    dev part grows and this moves, recalibrate (the docstring of pedray.safety.learned says how)."""
+    found = learned.calibrate(load_cases("dev"))
+    assert found["threshold"] == pytest.approx(learned.THRESHOLD, abs=0.03)
+    assert found["false_alarm_rate"] <= 0.03 and found["recall"] >= 0.5
+
+
+def test_the_report_shows_the_rules_alone_beside_the_whole_layer():
+    report = evaluate("test")
+    alone = report["rules_only"]
+    assert alone["recall"] <= report["recall"] and alone["false_alarm_rate"] <= report["false_alarm_rate"]
+    assert "the rules alone" in render(report)
