@@ -16,6 +16,7 @@ cross-validation (`calibrate`), where it catches about two thirds of the urgent 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -57,15 +58,22 @@ def score(messages: list[dict[str, Any]]) -> float:
     return float(model().predict_proba([text])[0, 1]) if text.strip() else 0.0
 
 
-def reasons(messages: list[dict[str, Any]], top: int = 3) -> list[str]:
-    """The two-character pieces of the chat that pushed its score up most (what the notice quotes)."""
+_CLAUSE = re.compile(r"[，,。！？!?；;：:\n]+")
+
+
+def reasons(messages: list[dict[str, Any]], top: int = 2) -> list[str]:
+    """The clauses of the chat that pushed its score up most, as the parent wrote them (what the notice
+    quotes): each clause weighed by the classifier's weights of the character n-grams in it."""
     vectorizer, classifier = model().named_steps.values()
-    row = vectorizer.transform([chat_text(messages)])
+    text = chat_text(messages)
+    row = vectorizer.transform([text])
     names = vectorizer.get_feature_names_out()
-    weights = {names[j]: value * classifier.coef_[0, j] for j, value in zip(row.indices, row.data)}
-    pieces = [name for name, weight in sorted(weights.items(), key=lambda kv: -kv[1])
-              if weight > 0 and len(name) == 2 and not any(ch in "，。,；！？ " for ch in name)]
-    return pieces[:top]
+    weight = {names[j]: value * classifier.coef_[0, j] for j, value in zip(row.indices, row.data)}
+    clauses = [c for c in dict.fromkeys(_CLAUSE.split(text)) if c.strip()]
+    pull = {c: sum(weight.get(c[i:i + n], 0.0) for n in range(NGRAMS[0], NGRAMS[1] + 1)
+                   for i in range(len(c) - n + 1)) for c in clauses}
+    ranked = sorted((c for c in clauses if pull[c] > 0), key=lambda c: -pull[c])[:top]
+    return [c for c in clauses if c in ranked]  # in the parent's order
 
 
 def calibrate(cases: list[dict[str, Any]], false_alarms: float = 0.02, folds: int = 5,
