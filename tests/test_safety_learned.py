@@ -92,3 +92,31 @@ def test_the_report_shows_the_rules_alone_beside_the_whole_layer():
     alone = report["rules_only"]
     assert alone["recall"] <= report["recall"] and alone["false_alarm_rate"] <= report["false_alarm_rate"]
     assert "the rules alone" in render(report)
+
+
+def test_a_textbook_sentence_is_not_a_parents_chat_for_the_classifier():
+    """The classifier learned from parents' messages; a sentence that names no child of the writer's is
+    out of its reach (`PARENT_WORDS`), however many danger words it holds."""
+    textbook = [{"role": "user", "content": "新生儿重度窒息时常见呼吸暂停、惊厥与意识障碍，须立即复苏"}]
+    assert learned.score(textbook) == 0.0
+    assert learned.score([{"role": "user", "content": "我家宝宝" + textbook[0]["content"][3:]}]) > 0.0
+
+
+def test_pediabench_knowledge_questions_raise_no_urgent_notice(shared_data):
+    """Real input: 1,275 pediatric knowledge questions and 212 true-or-false statements (PediaBench). A
+    question about an illness is not a child in danger: none of the questions raises the notice, and the
+    classifier adds no flag to either file (the statements the rules flag are case vignettes of a sick child:
+    "8个月男孩，吐泻3d伴高热，…来诊时已4h无尿")."""
+    import openpyxl
+
+    def items(name: str) -> list[str]:
+        sheet = openpyxl.load_workbook(shared_data / "pediabench" / f"{name}.xlsx", read_only=True).active
+        rows = list(sheet.iter_rows(values_only=True))
+        column = rows[0].index("questions")
+        return [str(row[column]).strip() for row in rows[1:] if row[column]]
+
+    questions, statements = items("essay_short_answer"), items("true_or_false")
+    assert len(questions) == 1275 and len(statements) == 212
+    assert [q for q in questions if triage(_user(q)).urgent] == []
+    flagged = [s for s in statements if triage(_user(s)).urgent]
+    assert flagged == [s for s in statements if triage(_user(s), learned=False).urgent] and len(flagged) <= 10

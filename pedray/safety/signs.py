@@ -37,10 +37,19 @@ _PAST = re.compile(r"以前|之前|去年|前年|小时候|曾经|上次|上个�
                    r"发生过|抽过|[搐厥]过|(?:\d+|[一二两三四五六七八九十几半]+)(?:个)?多?(?:年|月|周|星期|礼拜)(?:以)?前")
 _RECENT = re.compile(r"刚才|刚刚|刚|现在|今天|今早|今晚|昨晚|昨天|正在|又|这次|突然|一直|还在|目前")
 _CONDITIONAL = re.compile(r"如果|假如|万一|要是|假设")
+# A question about an illness, not this child's state now ("热性惊厥会影响智力吗", "小儿惊厥的治疗原则"):
 _GENERAL = re.compile(r"预防|会不会|会引起|会导致|会影响|是什么|什么是|有哪些|哪些|怎么判断|如何判断|怎样判断|什么原因|原因|"
-                      r"有什么危险|有什么后果|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|急救方法|怎么急救|"
-                      r"如何急救|怎么处理|为什么|多少需要|怎么护理|遗传|应该先做什么|应该怎么做|家长(?:应该|要|该)|"
-                      r"(?:时|的时候)[^，。,]{0,10}吗")
+                      r"有什么危险|有什么后果|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|为什么|多少需要|遗传|"
+                      r"(?:时|的时候)[^，。,]{0,10}吗|"
+                      # a textbook's or an exam's words, which a parent telling what happens does not use
+                      r"的治疗$|治疗原则|诊断要点|诊断标准|分型|分类|分度|分期|分级|临床表现|防治|措施|试述|简述|鉴别|"
+                      r"如何评价|如何分析|院前|院内|救治|监护|监测|洗胃|抢救|有什么表现|表现为|主要表现|是指|系指|首选|"
+                      r"依据|诊断的是|诊断为|最可能|应选用|特点[为是]|^对于|(?:怎么|如何|怎样)[^，。,]{0,3}判断")
+# "What to do" is a question about an illness ("惊厥怎么处理", "溺水时如何进行急救") unless the clause names
+# this child ("孩子抽搐怎么处理" is asked while it happens, as often as not):
+_WHAT_TO_DO = re.compile(r"急救方法|怎么急救|如何急救|怎么处理|如何处理|怎样处理|怎么护理|应该先做什么|应该怎么做|"
+                         r"家长(?:应该|要|该)|如何治疗|怎么治疗|怎样治疗|如何进行|如何控制|怎么控制")
+_THIS_CHILD = re.compile(r"孩子|宝宝|娃|儿子|女儿|闺女|孙子|孙女|我家|小家伙")
 
 FEVER = r"发烧|发热|高烧|低烧|烧到|体温高|发高烧"
 VOMIT = r"呕吐|吐"
@@ -162,7 +171,8 @@ def is_live(text: str, start: int, end: int) -> bool:
     if _CONDITIONAL.search(clause):
         return False
     happened = text.startswith("了", end) or recent
-    return not (_GENERAL.search(clause) and not happened)
+    asking = _GENERAL.search(clause) or (_WHAT_TO_DO.search(clause) and not _THIS_CHILD.search(clause))
+    return not (asking and not happened)
 
 
 class Conversation:
