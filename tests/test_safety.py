@@ -108,15 +108,19 @@ def test_the_notice_says_what_to_do_which_sign_and_why():
     assert triage(_chat("孩子有点咳嗽")).notice() == ""
 
 
-def test_every_sign_in_the_data_is_valid_and_a_broken_one_fails_to_load(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra, error", [
+    ("", "'oops' has neither 'match' nor 'check'"),
+    ("  match: ['@nowhere']\n", "@nowhere, which the lexicon does not define"),   # `@name`: signs.yaml's lexicon
+])
+def test_every_sign_in_the_data_is_valid_and_a_broken_one_fails_to_load(tmp_path, monkeypatch, extra, error):
     assert {rule.group for rule in rules()} == set(GROUPS)
     broken = tmp_path / "signs.yaml"
-    broken.write_text(SIGNS_FILE.read_text(encoding="utf-8") + "\noops:\n  group: neuro\n  label: x\n  advice: y\n",
-                      encoding="utf-8")
+    broken.write_text(SIGNS_FILE.read_text(encoding="utf-8") + "\noops:\n  group: neuro\n  label: x\n  advice: y\n"
+                      + extra, encoding="utf-8")
     monkeypatch.setattr("pedray.safety.signs.SIGNS_FILE", broken)
     rules.cache_clear()
     try:
-        with pytest.raises(ValueError, match="'oops' has neither 'match' nor 'check'"):
+        with pytest.raises(ValueError, match=error):
             rules()
     finally:
         rules.cache_clear()

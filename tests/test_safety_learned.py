@@ -7,7 +7,7 @@ import pytest
 
 from pedray.safety import learned, red_flags, triage
 from pedray.safety.evaluate import evaluate, load_cases, render
-from pedray.safety.signs import SIGNS_FILE, rules
+from pedray.safety.signs import rules
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -42,20 +42,11 @@ def test_signs_from_phrasings_written_after_the_rules(text, flags):
     assert triage(_user(text), learned=False).names == flags
 
 
-def test_the_lexicon_stands_for_its_words_and_an_unknown_entry_fails_to_load(tmp_path, monkeypatch):
+def test_the_lexicon_stands_for_its_words():
+    """`@ate` in signs.yaml is expanded to its words (an unknown entry fails to load: tests/test_safety.py)."""
     poison = next(rule for rule in rules() if rule.name == "household_poison")
-    assert any("啃" in p.pattern for p in poison.with_)             # `@ate` in signs.yaml, expanded
+    assert any("啃" in p.pattern for p in poison.with_)
     assert red_flags("宝宝啃了一块洗衣凝珠") == ["household_poison"]
-    broken = tmp_path / "signs.yaml"
-    broken.write_text(SIGNS_FILE.read_text(encoding="utf-8") + "\noops:\n  group: neuro\n  label: x\n  advice: y\n"
-                      "  match: ['@nowhere']\n", encoding="utf-8")
-    monkeypatch.setattr("pedray.safety.signs.SIGNS_FILE", broken)
-    rules.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="@nowhere, which the lexicon does not define"):
-            rules()
-    finally:
-        rules.cache_clear()
 
 
 # Written for this test, in none of the labelled parts: no rule names what these say.
