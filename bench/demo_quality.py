@@ -6,9 +6,10 @@ the share of looping answers (some character 4-gram 3+ times), mean rep-4 and he
 times the whole run. Checks (issue #21): the final model loops in at most 5% of its answers with mean
 rep-4 at most 0.03, and from sft on no stage is worse than the one before it on looping share or
 ROUGE-L (cpt is a text model: its answers are next to empty and are not compared), for both seeds; and
-the run's wall time. Beside each ROUGE-L check it records the paired difference (`rougeL_paired`: mean
-per-answer difference on the same questions, its standard error, answers better and worse), the size of
-noise such a check decides on. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
+the run's wall time. Beside each ROUGE-L check it records the paired difference (`rougeL_paired`, from
+`pedray.eval.compare`, as the run's own `stages.md` shows it: mean per-answer difference on the same
+questions, its standard error and 95% interval, answers better and worse), the size of noise such a
+check decides on. The 15-minute budget is for 2 AVX2 cores in fp32; on another CPU kind the bench
 also runs with `scaling.precision=fp32` unless `--precision auto` is given, and checks an *estimate*
 for AVX2: the minutes measured here times this CPU's fp32 matmul ceiling (2 threads, measured just before
 and after each run, the mean of the two) over the AVX2 machine's, derived from `bench/results/train_throughput_cpu_avx2_2cores.json`.
@@ -26,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from common import ROOT, cpu_kind, scratch  # noqa: E402  (first: this checkout's pedray, offline)
+from pedray.eval.compare import paired, read_answers  # noqa: E402
 from pedray.eval.degeneration import JUDGED  # noqa: E402
 from pedray.vocab import STAGES  # noqa: E402
 
@@ -93,27 +95,17 @@ def stage_quality(out: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
-def paired_rouge(out: Path, before: str, after: str) -> dict[str, float] | None:
-    """ROUGE-L of `after` minus `before`, answer by answer on the same questions: the mean, its standard
-    error, and how many answers got better and worse. A check of one seed on 100 questions decides on
-    differences of this size: the stage-over-stage checks are read with it."""
-    from pedray.eval.metrics import sample_scores
-
-    def per_answer(stage: str) -> dict[str, float]:
-        folder = out / stage / "eval"
-        if not (folder / "answers.jsonl").is_file():
-            return {}
-        rouge = json.loads((folder / "report.json").read_text(encoding="utf-8"))["settings"].get("rouge", "paper")
-        rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
-        return {r["id"]: sample_scores(r["prediction"], r["reference"], rouge)["rougeL"]
-                for r in rows if r.get("set") == "heldout"}
-
-    a, b = per_answer(before), per_answer(after)
-    diffs = [b[key] - a[key] for key in a if key in b]
-    if len(diffs) < 2:
+def paired_rouge(out: Path, before: str, after: str) -> dict[str, Any] | None:
+    """ROUGE-L of `after` minus `before`, answer by answer on the same questions (`pedray.eval.compare`):
+    the mean, its standard error and 95% interval, answers better, worse and the same. A check of one seed
+    on 100 questions decides on differences of this size: the stage-over-stage checks are read with it."""
+    folders = {stage: out / stage / "eval" for stage in (before, after)}
+    if not all((folder / "answers.jsonl").is_file() for folder in folders.values()):
         return None
-    return {"mean": round(statistics.fmean(diffs), 2), "se": round(statistics.stdev(diffs) / len(diffs) ** 0.5, 2),
-            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "answers": len(diffs)}
+    rouge = json.loads((folders[after] / "report.json").read_text(encoding="utf-8"))["settings"].get("rouge", "paper")
+    result = paired(*(read_answers(folder / "answers.jsonl") for folder in folders.values()), rouge=rouge)
+    return result and {key: [round(v, 2) for v in value] if key == "ci95" else round(value, 2)
+                       if isinstance(value, float) else value for key, value in result.items()}
 
 
 def checks_for(seed: int, stages: dict[str, dict[str, float]], seconds: float, fp32_budget: bool,
@@ -196,7 +188,7 @@ def main() -> int:
         for pair, d in paired.items():
             if d:
                 print(f"  {pair}: ROUGE-L {d['mean']:+.2f} ± {d['se']:.2f} (paired; {d['better']} answers better, "
-                      f"{d['worse']} worse)", file=sys.stderr)
+                      f"{d['worse']} worse: {d['reads_as']})", file=sys.stderr)
         if status != 0:
             print(tail, file=sys.stderr)
         checks += checks_for(seed, stages, seconds, args.precision == "fp32" and not args.quick, kind, speed_vs_avx2)

@@ -76,8 +76,13 @@ def test_local_mode_chain_trains_every_stage_and_skips_when_rerun(ray_local, tmp
 
     printed = capsys.readouterr().out
     table = (tmp_path / "eval" / "stages.md").read_text()
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["base", "cpt", "sft", "dfpo", "mouse"]
+    headline, paired = table.split("\n\n", 1)
+    assert [line.split("|")[1].strip() for line in headline.splitlines()[2:]] == ["base", "cpt", "sft", "dfpo", "mouse"]
     assert "heldout ROUGE-L" in table and table in printed and (tmp_path / "eval" / "stages.png").is_file()
+    # each stage against the one before, answer by answer (pedray.eval.compare), in the file and the console
+    pairs = json.loads((tmp_path / "eval" / "stages.json").read_text())["paired"]
+    assert list(pairs) == ["cpt - base", "sft - cpt", "dfpo - sft", "mouse - dfpo"]
+    assert all(p["answers"] == 10 and f"| {name} | 10 |" in paired for name, p in pairs.items())
     for stage in manifests:
         report = json.loads((tmp_path / stage / "eval" / "report.json").read_text())
         assert report["scores"]["heldout"]["overall"]["samples"] == 10  # 2 held-out questions x 5 tasks

@@ -13,6 +13,7 @@ from pedray import storage
 from pedray.config.schema import EvalConfig
 from pedray.console import say
 from pedray.cluster import private
+from pedray.eval.compare import pairs_table, read_answers, stage_pairs
 from pedray.eval.generate import generate_dataset, generate_local
 from pedray.eval.report import bar_chart, markdown, stage_table
 from pedray.eval.score import annotate, headline, samples, score_rows
@@ -97,13 +98,14 @@ class ChainEvaluation:
     questions; `finish` writes the comparison.
 
     Reports go to `<output>/<stage>/eval/` (the base model's to `<output>/eval/base/`); one whose model
-    and settings have not changed is reused. `finish` writes `<output>/eval/stages.md` and `stages.png`.
+    and settings have not changed is reused. `finish` writes `<output>/eval/stages.md`, `stages.json` and `stages.png`.
     """
 
     def __init__(self, recipe, base: str | Path) -> None:
         self.recipe, self.output = recipe, storage.as_location(recipe.output_dir)
         self.items = recipe_items(recipe)
         self.reports: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, str | Path] = {}
         self.pending: Future | None = None
         if recipe.eval.base:
             self.model("base", base, f"base:{base}", storage.join(self.output, "eval", "base"))
@@ -113,7 +115,7 @@ class ChainEvaluation:
         if report is None:
             say(f"[eval] {name}: {len(self.items)} questions")
             report = evaluate(model_dir, self.items, self.recipe.eval, out, identity)
-        self.reports[name] = report
+        self.reports[name], self.folders[name] = report, out
         return report
 
     def stage(self, stage: str, manifest: dict[str, Any]) -> None:
@@ -138,10 +140,21 @@ class ChainEvaluation:
             pending.result()
 
     def finish(self) -> str:
+        """Writes and returns the comparison: the stages' headline numbers, then each stage against the one
+        before it answer by answer (`pedray.eval.compare`), which says whether a difference is beyond noise."""
         self.wait()
-        table = stage_table(self.reports)
+        pairs = stage_pairs({name: read_answers(storage.join(folder, "answers.jsonl"))
+                             for name, folder in self.folders.items()}, rouge=self.recipe.eval.rouge)
+        lines = [stage_table(self.reports)]
+        if pairs:
+            lines += ["", "Each stage against the one before, answer by answer on the same questions "
+                      "(a difference whose 95% interval holds zero is within noise):", "", *pairs_table(pairs)]
+        table = "\n".join(lines)
         with storage.writable(storage.join(self.output, "eval")) as out:
             (out / "stages.md").write_text(table + "\n", encoding="utf-8")
+            (out / "stages.json").write_text(json.dumps(
+                {"headline": {name: r["headline"] for name, r in self.reports.items()}, "paired": pairs},
+                ensure_ascii=False, indent=2), encoding="utf-8")
             bar_chart({name: r["headline"] for name, r in self.reports.items()}, out / "stages.png",
                       "what each stage bought (same questions)")
         return table
