@@ -205,13 +205,13 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_triage_eval(args: argparse.Namespace) -> int:
-    from pedray.safety.evaluate import evaluate, render
+    from pedray.safety.evaluate import evaluate, evaluate_soon, render, render_soon
 
-    report = evaluate(args.part)
+    report, soon = evaluate(args.part), evaluate_soon()
     if args.json:
-        _print(report)
+        _print({**report, "soon_level": soon})
     else:
-        print(render(report))
+        print(render(report) + "\n\n" + render_soon(soon))
     return 0 if report["met"] else 1
 
 

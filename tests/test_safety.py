@@ -28,6 +28,8 @@ def _chat(*turns: str) -> list[dict[str, str]]:
     ("宝宝一个月零十天", 1 + 10 / 30.4), ("我家宝宝才满月", 1.0), ("宝宝还没满月", 0.7), ("新生儿发烧", 0.5),
     ("孩子一岁时有过一次热性惊厥，现在三岁了", 36.0),  # "一岁时" is when, not how old
     ("咳嗽已经两个月了", None), ("孩子发烧两天了", None), ("3岁以下的孩子", None),
+    ("孩子三天前发烧，现在已经退了", None), ("孩子3天没大便了", None),  # a span of days, not an age
+    ("宝宝三天了，有点黄", 3 / 30.4),
 ])
 def test_ages_are_numbers_and_not_durations(text, months):
     assert numbers.age_months(text) == (pytest.approx(months) if months is not None else None)
@@ -111,6 +113,7 @@ def test_the_notice_says_what_to_do_which_sign_and_why():
 @pytest.mark.parametrize("extra, error", [
     ("", "'oops' has neither 'match' nor 'check'"),
     ("  match: ['@nowhere']\n", "@nowhere, which the lexicon does not define"),   # `@name`: signs.yaml's lexicon
+    ("  match: ['x']\n  level: later\n", "a level of \\('urgent', 'soon'\\)"),      # urgent or soon, nothing else
 ])
 def test_every_sign_in_the_data_is_valid_and_a_broken_one_fails_to_load(tmp_path, monkeypatch, extra, error):
     assert {rule.group for rule in rules()} == set(GROUPS)

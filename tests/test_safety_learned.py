@@ -19,7 +19,7 @@ def _user(text: str) -> list[dict[str, str]]:
     ("孩子吃了芒果以后喉咙发紧，声音哑了", ["allergic_reaction"]),
     ("孩子摔了一跤嘴唇肿了", []),                                   # a swollen lip without an allergy's context
     ("孩子高烧不退第六天了，眼睛红，嘴唇干裂", ["kawasaki_signs"]),
-    ("孩子发烧第六天了，精神好", []),                               # a long fever alone is the doctor's, not 120's
+    ("孩子发烧第六天了，精神好", ["fever_three_days"]),             # a long fever alone: a doctor today, not 120
     ("孩子吞了一个硬币，说胸口疼", ["swallowed_object"]),
     ("小孩吞了一根大头针", ["swallowed_object"]),                   # sharp: no symptom needed
     ("宝宝手伸进了热水壶，手掌都起泡了", ["hot_liquid_burn"]),

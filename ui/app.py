@@ -4,8 +4,8 @@
 
 Streams answers, keeps the multi-turn history, offers example pediatric questions, names in Chinese the
 route and expert that answered each message, and has a stop button. The server adds the disclaimer and
-triages the conversation; an urgent-care notice is shown as a red banner above the chat, not inside the
-answer. The page states the disclaimer too.
+triages the conversation; its notice is shown as a banner above the chat, not inside the answer: red for
+an urgent-care notice, amber for "see a doctor today". The page states the disclaimer too.
 """
 
 from __future__ import annotations
@@ -31,16 +31,19 @@ NOTICE = ("pedray 是研究用的儿科问答助手，回答仅供参考，不�
 
 ROUTES = {"medkqa": "知识问答", "evidiag": "诊断", "trerecom": "治疗建议", "dialogue": "多轮对话", "general": "通用"}
 EXPERTS = {**ROUTES, "model": "通用模型", "mouse": "MoUSE 专家混合"}
-BANNER = ('<div role="alert" style="background:#b91c1c;color:#fff;padding:14px 18px;border-radius:10px;'
+BANNER = ('<div role="alert" style="background:{};color:#fff;padding:14px 18px;border-radius:10px;'
           'font-size:1.05em;line-height:1.6;margin-bottom:8px">{}</div>')
+COLOURS = {"urgent": "#b91c1c", "soon": "#b45309"}  # red: emergency now; amber: a doctor today
 
 
 def banner(triage: dict) -> str:
-    """The urgent-care notice as a red banner above the chat (empty when nothing is urgent)."""
-    if not triage.get("urgent"):
+    """The triage's notice as a banner above the chat: red when urgent, amber for "see a doctor today"
+    (empty when nothing is raised)."""
+    level = triage.get("level") or ("urgent" if triage.get("urgent") else "")
+    if level not in COLOURS or not triage.get("notice"):
         return ""
     lines = html.escape(triage["notice"]).split("\n")
-    return BANNER.format("<strong>" + lines[0] + "</strong><br>" + "<br>".join(lines[1:]))
+    return BANNER.format(COLOURS[level], "<strong>" + lines[0] + "</strong><br>" + "<br>".join(lines[1:]))
 
 
 def build(api: str, model: str = "pedray", api_key: str = "none", max_tokens: int = 256) -> gr.Blocks:
@@ -49,7 +52,7 @@ def build(api: str, model: str = "pedray", api_key: str = "none", max_tokens: in
     def chat(message: str, history: list[dict]):
         """Stream one answer and the banner; the answer's last line names the route and expert in Chinese.
 
-        The server puts the urgent notice first in the answer's text (for API clients); here it is shown
+        The server puts the triage's notice first in the answer's text (for API clients); here it is shown
         in the banner instead, so it is taken off the answer."""
         messages = [{"role": m["role"], "content": m["content"]} for m in history
                     if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]

@@ -1,5 +1,6 @@
 """The triage layer measured on our labelled cases (`cases_dev.yaml`, `cases_test.yaml`): recall of
-urgent cases and false alarms on everyday ones, overall and per category, with every miss listed.
+urgent cases and false alarms on everyday ones, overall and per category, with every miss listed, and
+the "see a doctor today" notices the everyday ones get. `cases_soon.yaml` measures that second level.
 
 The rules are tuned on the dev part only; the test part is the figure we report.
 """
@@ -41,7 +42,7 @@ def _rate(hits: int, total: int) -> float | None:
 def evaluate(part: str = "test") -> dict[str, Any]:
     """Recall, false-alarm rate, per-category figures, misses and false alarms on one part."""
     by_category: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # [flagged, cases, urgent]
-    misses, false_alarms = [], []
+    misses, false_alarms, soon_notices = [], [], []
     urgent_total = urgent_hit = everyday_total = everyday_flagged = 0
     rules_hit = rules_flagged = 0  # the rules alone, without the classifier behind them
     for case in load_cases(part):
@@ -65,6 +66,8 @@ def evaluate(part: str = "test") -> dict[str, Any]:
             if result.urgent:
                 false_alarms.append({"category": case["category"], "text": text, "signs": result.names,
                                      "reasons": [s.reason for s in result.signs]})
+            elif result.level == "soon":
+                soon_notices.append({"category": case["category"], "text": text, "signs": result.names})
     recall = _rate(urgent_hit, urgent_total)
     false_alarm = _rate(everyday_flagged, everyday_total)
     return {"part": part, "urgent_cases": urgent_total, "everyday_cases": everyday_total,
@@ -77,7 +80,22 @@ def evaluate(part: str = "test") -> dict[str, Any]:
             "targets": TARGETS,
             "met": recall is not None and false_alarm is not None and recall >= TARGETS["recall"]
             and false_alarm <= TARGETS["false_alarm_rate"],
-            "misses": misses, "false_alarms": false_alarms}
+            "misses": misses, "false_alarms": false_alarms,
+            "soon_on_everyday": {"notices": len(soon_notices), "rate": _rate(len(soon_notices), everyday_total),
+                                 "cases": soon_notices}}
+
+
+def evaluate_soon() -> dict[str, Any]:
+    """The second level on `cases_soon.yaml`: how many "doctor today" chats get that notice (not the urgent
+    one, not none), and how many of their near misses get any notice."""
+    cases = yaml.safe_load(Path(__file__).with_name("cases_soon.yaml").read_text(encoding="utf-8"))
+    levels = {kind: [(text, triage([{"role": "user", "content": text}]).level) for text in cases[kind]]
+              for kind in ("soon", "everyday")}
+    soon, everyday = levels["soon"], levels["everyday"]
+    return {"soon_cases": len(soon), "at_soon": sum(level == "soon" for _, level in soon),
+            "escalated": [text for text, level in soon if level == "urgent"],
+            "missed": [text for text, level in soon if not level],
+            "everyday_cases": len(everyday), "everyday_noticed": [(text, level) for text, level in everyday if level]}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -97,4 +115,17 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"false alarms: {len(report['false_alarms'])}"]
     lines += [f"  [{f['category']}] {f['text']} -> {', '.join(f['signs'])} {' '.join(f['reasons'])}"
               for f in report["false_alarms"]]
+    soon = report["soon_on_everyday"]
+    lines += [f"'see a doctor today' notices on everyday questions: {soon['notices']}"]
+    lines += [f"  [{c['category']}] {c['text']} -> {', '.join(c['signs'])}" for c in soon["cases"]]
+    return "\n".join(lines)
+
+
+def render_soon(report: dict[str, Any]) -> str:
+    lines = [f"'see a doctor today' (cases_soon.yaml): {report['at_soon']}/{report['soon_cases']} get that notice, "
+             f"{len(report['escalated'])} the urgent one, {len(report['missed'])} none; "
+             f"{len(report['everyday_noticed'])}/{report['everyday_cases']} near misses get a notice"]
+    lines += [f"  urgent instead: {text}" for text in report["escalated"]]
+    lines += [f"  missed: {text}" for text in report["missed"]]
+    lines += [f"  noticed ({level}): {text}" for text, level in report["everyday_noticed"]]
     return "\n".join(lines)

@@ -1,5 +1,10 @@
-"""Triage of a conversation: which pediatric danger signs the parent's messages raise, and the urgent
-notice that goes first in the answer.
+"""Triage of a conversation: which pediatric danger signs the parent's messages raise, and the notice
+that goes first in the answer.
+
+Two levels (`signs.yaml`'s `level`): `urgent` signs call for an ambulance or the emergency department now;
+`soon` signs (a 4-month-old at 39 ℃, fever for three days, a limp, urine output falling) call for a
+doctor today, not an emergency. The notice is the urgent one when any urgent sign is raised, else the
+"see a doctor today" one.
 
 The signs are data (`signs.yaml`); a mention counts only when it is live: not negated ("没有抽搐"), not
 in the past ("两年前抽搐过一次"), not a general question ("热性惊厥会影响智力吗"). Numbers are read as
@@ -19,10 +24,11 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from pedray.safety import numbers
-from pedray.vocab import URGENT_NOTICE
+from pedray.vocab import SOON_NOTICE, URGENT_NOTICE
 
 SIGNS_FILE = Path(__file__).with_name("signs.yaml")
 _LEXICON_ENTRY = re.compile(r"@([a-z_]+)")  # `@fever` in a pattern: the lexicon's entry `fever`
+LEVELS = ("urgent", "soon")
 GROUPS = ("fever_infant", "breathing", "neuro", "dehydration", "skin_circulation", "abdomen", "jaundice",
           "injury", "poisoning", "choking")
 
@@ -77,33 +83,42 @@ class Sign:
     reason: str
     advice: str
     turn: int
+    level: str = "urgent"
 
 
 @dataclass(frozen=True)
 class Triage:
-    """The danger signs of a conversation (empty: nothing urgent) and the notice they call for."""
+    """The signs of a conversation (empty: nothing to escalate) and the notice they call for."""
 
     signs: tuple[Sign, ...] = ()
 
     @property
     def urgent(self) -> bool:
-        return bool(self.signs)
+        """Whether some sign calls for emergency care now."""
+        return any(sign.level == "urgent" for sign in self.signs)
+
+    @property
+    def level(self) -> str:
+        """'urgent', 'soon' (a doctor today) or '' (nothing raised)."""
+        return "urgent" if self.urgent else "soon" if self.signs else ""
 
     @property
     def names(self) -> list[str]:
         return [sign.name for sign in self.signs]
 
     def notice(self) -> str:
-        """The urgent-care notice in plain Chinese (empty when nothing is urgent): what to do now, which
-        signs raised it and why, and the first thing to do for each."""
+        """The notice in plain Chinese (empty when nothing is raised): what to do now, which signs raised it
+        and why, and the first thing to do for each."""
         if not self.signs:
             return ""
         found = "；".join(f"{sign.label}（{sign.reason}）" for sign in self.signs)
         advice = dict.fromkeys(sign.advice for sign in self.signs)  # one line each, in order, no repeats
-        return "\n".join([URGENT_NOTICE, f"危险信号：{found}。", *(f"- {line}" for line in advice)])
+        header, kind = (URGENT_NOTICE, "危险信号") if self.urgent else (SOON_NOTICE, "需要就医的情况")
+        return "\n".join([header, f"{kind}：{found}。", *(f"- {line}" for line in advice)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"urgent": self.urgent, "signs": [asdict(sign) for sign in self.signs], "notice": self.notice()}
+        return {"urgent": self.urgent, "level": self.level, "signs": [asdict(sign) for sign in self.signs],
+                "notice": self.notice()}
 
 
 @dataclass
@@ -118,6 +133,7 @@ class Rule:
     with_: list[re.Pattern] = field(default_factory=list)
     unless: list[re.Pattern] = field(default_factory=list)
     check: str | None = None
+    level: str = "urgent"
 
 
 @lru_cache(maxsize=1)
@@ -136,17 +152,18 @@ def rules() -> tuple[Rule, ...]:
 
     loaded = []
     for name, spec in signs.items():
-        unknown = set(spec) - {"group", "label", "advice", "match", "with", "unless", "check"}
-        if unknown or spec.get("group") not in GROUPS or not spec.get("label") or not spec.get("advice"):
-            raise ValueError(f"{SIGNS_FILE}: sign {name!r} needs group (one of {GROUPS}), label and advice; "
-                             f"unknown keys {sorted(unknown)}")
+        unknown = set(spec) - {"group", "label", "advice", "match", "with", "unless", "check", "level"}
+        if unknown or spec.get("group") not in GROUPS or not spec.get("label") or not spec.get("advice") \
+                or spec.get("level", "urgent") not in LEVELS:
+            raise ValueError(f"{SIGNS_FILE}: sign {name!r} needs group (one of {GROUPS}), label and advice, and a "
+                             f"level of {LEVELS} if any; unknown keys {sorted(unknown)}")
         if not spec.get("match") and not spec.get("check"):
             raise ValueError(f"{SIGNS_FILE}: sign {name!r} has neither 'match' nor 'check'")
         if spec.get("check") and spec["check"] not in CHECKS:
             raise ValueError(f"{SIGNS_FILE}: sign {name!r}: no check named {spec['check']!r} (have {sorted(CHECKS)})")
         compile_all = lambda key: [expand(p) for p in spec.get(key) or []]  # noqa: E731
         loaded.append(Rule(name, spec["group"], spec["label"], spec["advice"], compile_all("match"),
-                           compile_all("with"), compile_all("unless"), spec.get("check")))
+                           compile_all("with"), compile_all("unless"), spec.get("check"), spec.get("level", "urgent")))
     return tuple(loaded)
 
 
@@ -216,6 +233,13 @@ def _infant_fever(chat: Conversation) -> tuple[int, str] | None:
     return chat.turns[-1][0], f"{_age_words(chat.age)}，{told}"
 
 
+def _infant_high_fever(chat: Conversation) -> tuple[int, str] | None:
+    """3 to 6 months old and 39 ℃ or more: not the emergency of a younger baby's fever, a doctor today."""
+    if chat.age is None or not 3 <= chat.age < 6 or not chat.temperatures or max(chat.temperatures) < 39.0:
+        return None
+    return chat.turns[-1][0], f"{_age_words(chat.age)}，{max(chat.temperatures)}℃"
+
+
 def _fast_breathing(chat: Conversation) -> tuple[int, str] | None:
     threshold = numbers.fast_breathing_threshold(chat.age)
     for index, text in chat.turns:
@@ -270,7 +294,7 @@ def _head_injury(chat: Conversation) -> tuple[int, str] | None:
 
 
 CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
-    "infant_fever": _infant_fever, "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting,
+    "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting,
     "no_urine": _no_urine, "early_jaundice": _early_jaundice, "pale_stool": _pale_stool, "head_injury": _head_injury}
 
 
@@ -296,8 +320,9 @@ LEARNED = Sign("learned", "learned", "描述与已知的危险情况相近（自
 
 
 def triage(messages: list[dict[str, Any]], learned: bool = True) -> Triage:
-    """The danger signs the user's turns of a chat raise, in the order of `signs.yaml`; when none does and
-    `learned` is on, the classifier trained on the dev cases may still call the chat urgent (`LEARNED`)."""
+    """The signs the user's turns of a chat raise, in the order of `signs.yaml` (only the urgent ones when
+    there are any); when none is and `learned` is on, the classifier trained on the dev cases may still
+    call the chat urgent (`LEARNED`)."""
     turns = [(i, m["content"]) for i, m in enumerate(messages)
              if m.get("role") == "user" and isinstance(m.get("content"), str)]
     chat = Conversation(turns)
@@ -305,16 +330,20 @@ def triage(messages: list[dict[str, Any]], learned: bool = True) -> Triage:
     for rule in rules():
         hit = _find(rule, chat)
         if hit:
-            signs.append(Sign(rule.name, rule.group, rule.label, hit[1], rule.advice, hit[0]))
+            signs.append(Sign(rule.name, rule.group, rule.label, hit[1], rule.advice, hit[0], rule.level))
+    # The classifier judges only chats that no rule explains: where a `soon` sign is found the rules have read
+    # what the parent describes (on 20 fresh "doctor today" phrasings it called 6 of them urgent otherwise).
     if not signs and learned and turns:
         from pedray.safety import learned as classifier
 
         if classifier.score(messages) >= classifier.THRESHOLD:
             quoted = "、".join(f"“{piece}”" for piece in classifier.reasons(messages)) or "整段描述"
             signs.append(replace(LEARNED, reason=quoted, turn=turns[-1][0]))
+    if any(sign.level == "urgent" for sign in signs):  # one level per notice: "today" advice under an
+        signs = [sign for sign in signs if sign.level == "urgent"]  # emergency header would confuse
     return Triage(tuple(signs))
 
 
 def red_flags(text: str) -> list[str]:
-    """Names of the danger signs one message raises (empty when none)."""
+    """Names of the signs one message raises, either level (empty when none)."""
     return triage([{"role": "user", "content": text}]).names

@@ -1,5 +1,5 @@
-"""Safety wrapping of every answer: the triage of the conversation (`pedray.safety`) puts an urgent-care
-notice first when a danger sign is raised; every answer ends with the disclaimer."""
+"""Safety wrapping of every answer: the triage of the conversation (`pedray.safety`) puts its notice first
+when a sign is raised (the urgent-care one, or "see a doctor today"); every answer ends with the disclaimer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ __all__ = ["closing", "preface", "red_flags", "triage", "wrap"]
 
 
 def preface(result: Triage) -> str:
-    """What goes before the model's answer: the urgent-care notice when any danger sign is raised."""
-    return result.notice() + "\n\n" if result.urgent else ""
+    """What goes before the model's answer: the triage's notice when any sign is raised, of either level."""
+    return result.notice() + "\n\n" if result.signs else ""
 
 
 def closing() -> str:
@@ -27,6 +27,6 @@ def wrap(answer: str, result: Triage) -> str:
 
 def info(messages: list[dict[str, Any]]) -> tuple[Triage, dict[str, Any]]:
     """The triage of a chat, and what the API response carries of it (`red_flags`: the sign names;
-    `triage`: urgent, each sign with its reason and advice, the notice)."""
+    `triage`: urgent, level, each sign with its reason, advice and level, the notice)."""
     result = triage(messages)
     return result, {"red_flags": result.names, "triage": result.to_dict()}

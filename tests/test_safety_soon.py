@@ -1,0 +1,83 @@
+"""The second level of triage: "see a doctor today" (signs.yaml's `level: soon`), below the urgent one."""
+
+from __future__ import annotations
+
+import pytest
+
+from pedray.safety import learned
+from pedray.safety.evaluate import evaluate, evaluate_soon
+from pedray.safety.signs import triage
+from pedray.serve.safety import wrap
+from pedray.vocab import DISCLAIMER, SOON_NOTICE, URGENT_NOTICE
+
+
+def _user(*turns: str) -> list[dict]:
+    return [{"role": "user", "content": turn} for turn in turns]
+
+
+@pytest.mark.parametrize("text, sign", [
+    ("宝宝4个月，发烧39.2度", "infant_high_fever"),       # 3-6 months and 39 ℃: below 3 months it is urgent
+    ("宝宝3个月零10天，体温39.1", "infant_high_fever"),
+    ("孩子已经烧了整整三天了，退烧药一停就又烧", "fever_three_days"),
+    ("连续三天发烧，晚上最高39度", "fever_three_days"),
+    ("孩子高烧前一直打寒战，牙齿都在打架", "fever_rigors"),
+    ("两岁宝宝被拉了一下手之后，那只胳膊就一直垂着不肯抬", "limb_not_used"),
+    ("孩子右脚踝肿起来了，不愿意踩地", "limb_not_used"),
+    ("孩子吐了好几次，小便比平常少多了", "urine_falling"),
+    ("宝宝发热38.7，喝奶只喝几口就不喝了", "feeding_poorly_fever"),
+])
+def test_doctor_today_signs(text, sign):
+    result = triage(_user(text))
+    assert result.names == [sign] and result.level == "soon" and not result.urgent
+    notice = result.notice()
+    assert notice.startswith(SOON_NOTICE) and "需要就医的情况" in notice and URGENT_NOTICE not in notice
+    assert result.to_dict()["level"] == "soon" and result.to_dict()["urgent"] is False
+
+
+@pytest.mark.parametrize("text", [
+    "孩子发烧38.5度两天了，怎么办？", "宝宝3个月，发烧38.2度", "孩子三天前发烧，现在已经退了", "孩子发烧三天后退烧，身上出了红疹子",
+    "孩子不肯走路，老要抱", "宝宝最近吃奶少，是厌奶期吗", "孩子尿少正常吗", "儿子喜欢打哆嗦，冬天出门就抖",
+    "宝宝五个月，体温37.8，正常吗",
+])
+def test_near_misses_get_no_notice(text):
+    assert triage(_user(text)).level == ""
+
+
+def test_an_urgent_sign_wins_and_the_notice_has_one_level():
+    result = triage(_user("孩子发烧三天了", "现在叫不醒"))
+    assert result.level == "urgent" and result.names == ["hard_to_wake"]  # the fever's 3 days are not listed
+    assert result.notice().startswith(URGENT_NOTICE) and SOON_NOTICE not in result.notice()
+    assert triage(_user("宝宝两个月，发烧38.2度")).names == ["infant_fever"]  # under 3 months: urgent
+
+
+def test_the_classifier_judges_only_chats_no_rule_explains(monkeypatch):
+    monkeypatch.setattr(learned, "score", lambda messages: 1.0)  # a classifier that calls everything urgent
+    assert triage(_user("宝宝4个月，发烧39.2度")).level == "soon"
+    assert triage(_user("孩子今天有点不对劲")).names == ["learned"]
+
+
+def test_the_answer_carries_the_soon_notice_first_and_the_disclaimer_last():
+    text = wrap("多喝水，注意休息。", triage(_user("孩子发烧五天，精神还可以，要不要去医院")))
+    assert text.startswith(SOON_NOTICE) and text.endswith(DISCLAIMER) and "多喝水" in text
+
+
+def test_the_soon_cases_and_the_everyday_questions():
+    soon = evaluate_soon()
+    assert soon["soon_cases"] >= 30 and soon["at_soon"] == soon["soon_cases"], (soon["escalated"], soon["missed"])
+    assert soon["everyday_cases"] >= 20 and soon["everyday_noticed"] == []
+    test = evaluate("test")["soon_on_everyday"]  # the held-out everyday questions: a few long fevers, no more
+    assert test["rate"] <= 0.05, test["cases"]
+
+
+def test_the_chat_ui_shows_the_level_in_its_banner_colour():
+    pytest.importorskip("gradio")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pedray_ui", Path(__file__).parents[1] / "ui" / "app.py")
+    ui = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ui)
+    soon = ui.banner(triage(_user("宝宝4个月，发烧39.2度")).to_dict())
+    urgent = ui.banner(triage(_user("宝宝两个月，发烧38.2度")).to_dict())
+    assert ui.COLOURS["soon"] in soon and SOON_NOTICE in soon and ui.COLOURS["urgent"] in urgent
+    assert ui.banner(triage(_user("孩子有点咳嗽")).to_dict()) == ""
