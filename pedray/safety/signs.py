@@ -46,7 +46,7 @@ _CONDITIONAL = re.compile(r"如果|假如|万一|要是|假设")
 # A question about an illness, not this child's state now ("热性惊厥会影响智力吗", "小儿惊厥的治疗原则"):
 _GENERAL = re.compile(r"预防|会不会|会引起|会导致|会影响|是什么|什么是|有哪些|哪些|怎么判断|如何判断|怎样判断|什么原因|原因|"
                       r"有什么危险|有什么后果|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|为什么|多少需要|遗传|"
-                      r"(?:时|的时候)[^，。,]{0,10}吗|"
+                      r"(?:时|的时候)[^，。,]{0,10}吗|怎么教|如何教|教孩子|一般多久|一般几天|多久(?:能|会|才)?(?:退|消|好)|"
                       # a textbook's or an exam's words, which a parent telling what happens does not use
                       r"的治疗$|治疗原则|诊断要点|诊断标准|分型|分类|分度|分期|分级|临床表现|防治|措施|试述|简述|鉴别|"
                       r"如何评价|如何分析|院前|院内|救治|监护|监测|洗胃|抢救|有什么表现|表现为|主要表现|是指|系指|首选|"
@@ -278,6 +278,14 @@ def _early_jaundice(chat: Conversation) -> tuple[int, str] | None:
     return None
 
 
+def _newborn_jaundice(chat: Conversation) -> tuple[int, str] | None:
+    """Visible jaundice after the first day and within the first four weeks: bilirubin measured today."""
+    jaundice = chat.live(JAUNDICE)
+    if jaundice and chat.age is not None and 1.05 < chat.age * numbers.DAYS_PER_MONTH <= 28:
+        return jaundice[0], f"{_age_words(chat.age)}，“{jaundice[1].group()}”"
+    return None
+
+
 def _pale_stool(chat: Conversation) -> tuple[int, str] | None:
     stool = chat.live(PALE_STOOL)
     if stool and ((chat.age is not None and chat.age < 12) or chat.live(JAUNDICE)):
@@ -295,7 +303,8 @@ def _head_injury(chat: Conversation) -> tuple[int, str] | None:
 
 CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
     "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting,
-    "no_urine": _no_urine, "early_jaundice": _early_jaundice, "pale_stool": _pale_stool, "head_injury": _head_injury}
+    "no_urine": _no_urine, "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice,
+    "pale_stool": _pale_stool, "head_injury": _head_injury}
 
 
 def _find(rule: Rule, chat: Conversation) -> tuple[int, str] | None:
