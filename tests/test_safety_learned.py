@@ -95,7 +95,7 @@ def test_a_textbook_sentence_is_not_a_parents_chat_for_the_classifier():
 
 def test_pediabench_knowledge_questions_raise_no_urgent_notice(shared_data):
     """Real input: 1,275 pediatric knowledge questions and 212 true-or-false statements (PediaBench). A
-    question about an illness is not a child in danger: none of the questions raises the notice, and the
+    question about an illness is not a child in danger: none of the questions raises a notice, and the
     classifier adds no flag to either file (the statements the rules flag are case vignettes of a sick child:
     "8个月男孩，吐泻3d伴高热，…来诊时已4h无尿")."""
     import openpyxl
@@ -108,6 +108,6 @@ def test_pediabench_knowledge_questions_raise_no_urgent_notice(shared_data):
 
     questions, statements = items("essay_short_answer"), items("true_or_false")
     assert len(questions) == 1275 and len(statements) == 212
-    assert [q for q in questions if triage(_user(q)).urgent] == []
+    assert [q for q in questions if triage(_user(q)).level] == []  # neither level, urgent nor "doctor today"
     flagged = [s for s in statements if triage(_user(s)).urgent]
     assert flagged == [s for s in statements if triage(_user(s), learned=False).urgent] and len(flagged) <= 10
