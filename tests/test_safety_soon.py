@@ -81,3 +81,18 @@ def test_the_chat_ui_shows_the_level_in_its_banner_colour():
     urgent = ui.banner(triage(_user("宝宝两个月，发烧38.2度")).to_dict())
     assert ui.COLOURS["soon"] in soon and SOON_NOTICE in soon and ui.COLOURS["urgent"] in urgent
     assert ui.banner(triage(_user("孩子有点咳嗽")).to_dict()) == ""
+
+
+@pytest.mark.parametrize("turns, level, names", [
+    (["宝宝两个月", "今天有点烫"], "urgent", ["infant_fever"]),          # "烫" is a parent's word for fever
+    (["宝宝五个月，身上滚烫，39.3度"], "soon", ["infant_high_fever"]),
+    (["孩子两岁，发烧", "已经第四天了"], "soon", ["fever_days_told_later"]),  # how long, told in a later turn
+    (["孩子两岁咳嗽", "已经第四天了"], "", []),                           # ... of a cough: nothing
+    (["宝宝两个月，手被热水烫了一下", "有点红，没起泡"], "", []),             # a scald's 烫 is not a fever
+])
+def test_fever_words_and_durations_across_turns(turns, level, names):
+    messages = []
+    for turn in turns:
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "好的，请再说说孩子的情况。"}]
+    result = triage(messages[:-1])
+    assert (result.level, result.names) == (level, names)
