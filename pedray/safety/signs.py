@@ -58,7 +58,6 @@ _WHAT_TO_DO = re.compile(r"急救方法|怎么急救|如何急救|怎么处理|�
 _THIS_CHILD = re.compile(r"孩子|宝宝|娃|儿子|女儿|闺女|孙子|孙女|我家|小家伙")
 
 FEVER = r"发烧|发热|高烧|低烧|烧到|体温高|发高烧"
-_FEVER_WORDS: list[re.Pattern] = []  # the lexicon's `fever` (a parent's words for it), set by `rules()`
 VOMIT = r"呕吐|吐"
 JAUNDICE = r"黄疸|发黄|黄了|皮肤黄|脸黄|全身黄|很黄|变黄"
 HEAD_TRAUMA = (r"(?:摔|磕|撞|跌|碰|砸|掉|坠)[^，。,；没不无未]{0,8}(?:头|脑袋|后脑|额头)|"
@@ -142,7 +141,6 @@ def rules() -> tuple[Rule, ...]:
     """The signs of `signs.yaml`, checked: every sign has a known group and a way to be found."""
     signs = yaml.safe_load(SIGNS_FILE.read_text(encoding="utf-8"))
     lexicon = signs.pop("lexicon", None) or {}
-    _FEVER_WORDS[:] = [re.compile(lexicon["fever"])] if "fever" in lexicon else []
 
     def expand(pattern: str) -> re.Pattern:
         def entry(found: re.Match) -> str:
@@ -215,8 +213,14 @@ class Conversation:
     def has_fever(self) -> bool:
         if self.temperatures:
             return max(self.temperatures) >= 38.0
-        rules()  # loads the lexicon
-        return any(self.live(pattern) is not None for pattern in [re.compile(FEVER), *_FEVER_WORDS])
+        return any(self.live(pattern) is not None for pattern in _fever_words())
+
+
+@lru_cache(maxsize=1)
+def _fever_words() -> tuple[re.Pattern, ...]:
+    """FEVER and signs.yaml's lexicon entry `fever` (a parent's words for it: 发着烧, 额头烫, 滚烫, ...)."""
+    lexicon = yaml.safe_load(SIGNS_FILE.read_text(encoding="utf-8")).get("lexicon") or {}
+    return (re.compile(FEVER), *([re.compile(lexicon["fever"])] if "fever" in lexicon else []))
 
 
 def _age_words(months: float | None) -> str:
