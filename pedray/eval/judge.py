@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pedray.eval.compare import read_answers
+
 JUDGE_PROMPT = """你是一名儿科医学评审专家。下面是家长或医生提出的一个问题，以及两位助手的回答。
 请从四个方面综合比较两个回答：
 1. 有用性：是否切实回应了提问者的需要；
@@ -112,8 +114,7 @@ def answer_pairs(answers_1: str | Path, answers_2: str | Path) -> list[dict[str,
             path = path / "answers.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no answers file (run `python -m pedray eval` first)")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {row["id"]: row for row in rows if row.get("kind") == "text"}
+        return {row["id"]: row for row in read_answers(path) if row.get("kind") == "text"}
 
     first, second = read(answers_1), read(answers_2)
     shared = sorted(set(first) & set(second))

@@ -309,8 +309,8 @@ def _head_injury(chat: Conversation) -> tuple[int, str] | None:
 
 
 CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
-    "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting,
-    "no_urine": _no_urine, "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice,
+    "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fast_breathing": _fast_breathing,
+    "headache_vomiting": _headache_vomiting, "no_urine": _no_urine, "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice,
     "pale_stool": _pale_stool, "head_injury": _head_injury}
 
 
