@@ -29,7 +29,8 @@ def _chat(*turns: str) -> list[dict[str, str]]:
     ("孩子一岁时有过一次热性惊厥，现在三岁了", 36.0),  # "一岁时" is when, not how old
     ("咳嗽已经两个月了", None), ("孩子发烧两天了", None), ("3岁以下的孩子", None),
     ("孩子三天前发烧，现在已经退了", None), ("孩子3天没大便了", None),  # a span of days, not an age
-    ("宝宝三天了，有点黄", 3 / 30.4),
+    ("宝宝三天了，有点黄", 3 / 30.4), ("宝宝4月龄，腋温39.0", 4.0), ("宝宝5月大", 5.0), ("4月份开始咳嗽", None),
+    ("满月前的宝宝皮肤发黄", 0.7),
 ])
 def test_ages_are_numbers_and_not_durations(text, months):
     assert numbers.age_months(text) == (pytest.approx(months) if months is not None else None)
@@ -41,6 +42,13 @@ def test_ages_are_numbers_and_not_durations(text, months):
 ])
 def test_temperatures(text, values):
     assert numbers.temperatures(text) == values
+
+
+@pytest.mark.parametrize("text, days", [
+    ("从周一到今天周四", 4), ("星期五烧到星期天", 3), ("周六到周一", 3), ("周三到周三", 1), ("周一开始", None),
+])
+def test_weekday_spans(text, days):
+    assert numbers.weekday_days(text) == days
 
 
 @pytest.mark.parametrize("clause, rate", [

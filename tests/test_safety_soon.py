@@ -25,6 +25,26 @@ def _user(*turns: str) -> list[dict]:
     ("孩子右脚踝肿起来了，不愿意踩地", "limb_not_used"),
     ("孩子吐了好几次，小便比平常少多了", "urine_falling"),
     ("宝宝发热38.7，喝奶只喝几口就不喝了", "feeding_poorly_fever"),
+    # round 10 of fresh phrasings, each missed before its fix
+    ("宝宝4月龄，腋温39.0", "infant_high_fever"),                 # "4月龄" is an age
+    ("六个月宝宝发高烧39度2，有点蔫", "infant_high_fever"),          # "六个月" is up to the seventh month
+    ("小家伙发烧从周一到今天周四了，还没退", "fever_three_days"),     # weekdays counted
+    ("孩子反复烧了72小时了", "fever_three_days"),
+    ("儿子高热不退三天了", "fever_three_days"),                    # 高热 is a fever word
+    ("孩子热度一直没下去，今天是第三天", "fever_days_told_later"),
+    ("娃发着烧，刚才冷得直哆嗦", "fever_rigors"),
+    ("孩子这两天走路一拐一拐的，说屁股疼", "limb_not_used"),
+    ("四岁女儿说腿疼不肯走路，也没摔过", "limb_not_used"),
+    ("儿子摔了一跤后手腕肿了，不让碰", "limb_not_used"),            # once "剧烈腹痛": tenderness is the belly's only
+    ("孩子拉了一天水样便，到现在只尿了两次", "urine_falling"),
+    ("宝宝吐了一上午，尿布比平时干", "urine_falling"),              # drier than usual, not dry: not the urgent sign
+    ("宝宝腹泻三天，小便颜色很深，量也少", "urine_falling"),
+    ("宝宝发热，吃奶不积极，一顿只喝了30毫升", "feeding_poorly_fever"),
+    ("出生第五天的宝宝，脸和眼白有点黄", "newborn_jaundice"),
+    # round 11, written after round 10's fixes
+    ("三岁儿子的手肘被我拽了一下，现在胳膊不让动", "limb_not_used"),
+    ("孩子又吐又拉，一天就尿了两回", "urine_falling"),
+    ("满月前的宝宝皮肤发黄，今天第10天", "newborn_jaundice"),
 ])
 def test_doctor_today_signs(text, sign):
     result = triage(_user(text))
@@ -37,7 +57,8 @@ def test_doctor_today_signs(text, sign):
 @pytest.mark.parametrize("text", [
     "孩子发烧38.5度两天了，怎么办？", "宝宝3个月，发烧38.2度", "孩子三天前发烧，现在已经退了", "孩子发烧三天后退烧，身上出了红疹子",
     "孩子不肯走路，老要抱", "宝宝最近吃奶少，是厌奶期吗", "孩子尿少正常吗", "儿子喜欢打哆嗦，冬天出门就抖",
-    "宝宝五个月，体温37.8，正常吗",
+    "宝宝五个月，体温37.8，正常吗", "宝宝7个月，发烧39度，玩得挺开心", "孩子从周一开始咳嗽，到周三好多了",
+    "宝宝出生两个月了，脸色有点黄，是不是缺铁", "孩子鼻涕有点黄，咳嗽", "新生儿黄疸多少天能退", "宝宝拉肚子，尿也不少，精神挺好",
 ])
 def test_near_misses_get_no_notice(text):
     assert triage(_user(text)).level == ""
@@ -48,6 +69,12 @@ def test_an_urgent_sign_wins_and_the_notice_has_one_level():
     assert result.level == "urgent" and result.names == ["hard_to_wake"]  # the fever's 3 days are not listed
     assert result.notice().startswith(URGENT_NOTICE) and SOON_NOTICE not in result.notice()
     assert triage(_user("宝宝两个月，发烧38.2度")).names == ["infant_fever"]  # under 3 months: urgent
+
+
+def test_an_arched_neck_with_fever_is_urgent_and_a_dry_nappy_still_is():
+    assert triage(_user("宝宝这两天特别烦躁，发烧，脖子往后仰")).names == ["neck_arching"]
+    assert triage(_user("宝宝脖子往后仰着睡，没发烧")).level == ""
+    assert triage(_user("宝宝吐了一上午，尿布一直是干的")).names == ["dehydration"]
 
 
 def test_the_classifier_judges_only_chats_no_rule_explains(monkeypatch):

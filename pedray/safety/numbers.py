@@ -40,6 +40,8 @@ _AGE_BEFORE = r"(?:^|[，。,；;！!？?\s]|宝宝|宝|宝贝|小家伙|孩子|
 _AGE_AFTER = r"(?=大|的|出头|宝宝|婴儿|孩子|小孩|男|女|娃|[，,。；\s]|$|了，|了。|了$)"
 _YEARS = re.compile(NUM + r"(?:个)?(半)?(?:周岁|岁)(半)?(?!以上|以下|以内|之前|前|左右|时)")
 _MONTHS = re.compile(r"(?:" + _AGE_BEFORE + r")" + NUM + r"(?:多|来)?(?:个)(?:多)?(半)?月(?:零" + NUM + r"天)?" + _AGE_AFTER)
+# "4月龄", "宝宝5月大": a month count without 个 is an age only with 龄 or 大 after it ("4月" alone is April)
+_MONTHS_BARE = re.compile(r"(?:" + _AGE_BEFORE + r")?" + NUM + r"(?:多)?(半)?月(?:龄|大)")
 _WEEKS = re.compile(r"(?:(?:" + _AGE_BEFORE + r")" + NUM + r"(?:多|来)?(?:周|个星期|个礼拜)" + _AGE_AFTER + r")|(?:"
                     + NUM + r"(?:多|来)?(?:周|个星期)(?=大|的宝宝|的新生儿|的婴儿|的孩子))")
 _DAYS = re.compile(r"(?:(?:出生|生后|生下来|产后|宝宝|孩子|娃|女儿|儿子|闺女|孙子|孙女|女宝|男宝|老二|老大|小孩|婴儿|"
@@ -50,7 +52,7 @@ _DAYS = re.compile(r"(?:(?:出生|生后|生下来|产后|宝宝|孩子|娃|女�
 _HOURS = re.compile(r"(?:出生|生后|生下来)(?:才|不到)?" + NUM + r"(?:多|来)?个?小时")
 _WORDS = (("不到24小时", 0.02), ("24小时内", 0.02), ("出生第一天", 0.02), ("出生当天", 0.02), ("生下来第一天", 0.02),
           ("出生不到一天", 0.02), ("生下来不到一天", 0.02), ("刚出生", 0.1), ("还没满月", 0.7), ("没满月", 0.7),
-          ("未满月", 0.7), ("不到满月", 0.7),
+          ("未满月", 0.7), ("不到满月", 0.7), ("满月前的", 0.7),
           ("新生儿", 0.5), ("满月", 1.0), ("百天", 3.3))
 
 
@@ -69,6 +71,11 @@ def age_months(text: str) -> float | None:
         extra_days = number(found.group(3)) if found.group(3) else 0.0
         if value is not None:
             return value + (0.5 if found.group(2) else 0.0) + (extra_days or 0.0) / DAYS_PER_MONTH
+    found = _MONTHS_BARE.search(text)
+    if found:
+        value = number(found.group(1))
+        if value is not None:
+            return value + (0.5 if found.group(2) else 0.0)
     for found in _YEARS.finditer(text):
         value = number(found.group(1))
         if value is not None:
@@ -129,6 +136,19 @@ def hours(text: str) -> float | None:
         if word in text:
             return float(value)
     return None
+
+
+_WEEKDAY = "一二三四五六日天"
+_WEEKDAY_SPAN = re.compile(r"(?:周|星期|礼拜)([一二三四五六日天])[^，。,；]{0,6}?(?:到|至)[^，。,；]{0,4}?(?:周|星期|礼拜)([一二三四五六日天])")
+
+
+def weekday_days(text: str) -> int | None:
+    """Days counted from one weekday to another, both included ("从周一到今天周四" is 4), or None."""
+    found = _WEEKDAY_SPAN.search(text)
+    if not found:
+        return None
+    first, last = (min(_WEEKDAY.index(day), 6) for day in found.groups())  # 日 and 天 are both Sunday
+    return (last - first) % 7 + 1
 
 
 def fast_breathing_threshold(months: float | None) -> float:

@@ -45,7 +45,7 @@ _RECENT = re.compile(r"刚才|刚刚|刚|现在|今天|今早|今晚|昨晚|昨�
 _CONDITIONAL = re.compile(r"如果|假如|万一|要是|假设")
 # A question about an illness, not this child's state now ("热性惊厥会影响智力吗", "小儿惊厥的治疗原则"):
 _GENERAL = re.compile(r"预防|会不会|会引起|会导致|会影响|是什么|什么是|有哪些|哪些|怎么判断|如何判断|怎样判断|什么原因|原因|"
-                      r"有什么危险|有什么后果|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|为什么|多少需要|遗传|"
+                      r"有什么危险|有什么后果|多少天(?:能|会|才)(?:退|消|好)|会有什么|有多(?:危险|严重)|想(?:了解|知道)一下|区别|为什么|多少需要|遗传|"
                       r"(?:时|的时候)[^，。,]{0,10}吗|怎么教|如何教|教孩子|一般多久|一般几天|多久(?:能|会|才)?(?:退|消|好)|"
                       # a textbook's or an exam's words, which a parent telling what happens does not use
                       r"的治疗$|治疗原则|诊断要点|诊断标准|分型|分类|分度|分期|分级|临床表现|防治|措施|试述|简述|鉴别|"
@@ -59,7 +59,9 @@ _THIS_CHILD = re.compile(r"孩子|宝宝|娃|儿子|女儿|闺女|孙子|孙女|
 
 FEVER = r"发烧|发热|高烧|低烧|烧到|体温高|发高烧"
 VOMIT = r"呕吐|吐"
-JAUNDICE = r"黄疸|发黄|黄了|皮肤黄|脸黄|全身黄|很黄|变黄"
+JAUNDICE = (r"黄疸|发黄|黄了|皮肤黄|脸黄|全身黄|很黄|变黄|"
+            # "脸和眼白有点黄"; not a yellow rash, snot or stool
+            r"(?:脸|小脸|脸色|眼白|眼珠|巩膜|皮肤)[^，。,；没不无未]{0,4}黄(?!色的?(?:鼻涕|痰|便|大便|疹|脓|痂|水))")
 HEAD_TRAUMA = (r"(?:摔|磕|撞|跌|碰|砸|掉|坠)[^，。,；没不无未]{0,8}(?:头|脑袋|后脑|额头)|"
                # a fall from furniture: a small child lands on its head more often than not
                r"(?:从|在)[^，。,；]{0,4}(?:床|沙发|椅|桌|楼梯|台阶|滑梯|婴儿车|推车)[^，。,；]{0,4}(?:摔|掉|跌|滚)|"
@@ -69,7 +71,7 @@ AFTER_HEAD_TRAUMA = (r"呕吐|吐|想睡|嗜睡|犯困|迷糊|叫不醒|昏|晕|
                      r"走路[^，。,；]{0,3}(?:歪|晃|摇)|抽了|抽起来|(?:耳朵|耳|鼻子|鼻)[^，。,；]{0,3}(?:流|出|冒)[^，。,；]{0,2}(?:血|水)")
 SEVERE_HEADACHE = (r"(?:头痛|头疼)[^，。,；]{0,4}(?:厉害|剧烈|受不了|炸|要命|不行)|剧烈头(?:痛|疼)|"
                    r"(?:头痛|头疼)得[^，。,；]{0,4}(?:哭|抱着头|捂着头|打滚)")
-NO_URINE = r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)[^，。,；]{0,3}(?:都|也)没有?(?!问题|事|异常)|尿(?:不湿|布)[^，。,；]{0,6}干"
+NO_URINE = r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)[^，。,；]{0,3}(?:都|也)没有?(?!问题|事|异常)|尿(?:不湿|布)(?![^，。,；]{0,4}比)[^，。,；]{0,6}干"  # "比平时干": less, not none
 PALE_STOOL = r"(?:大便|便便|粪便)[^，。,；没不无未]{0,4}(?:发白|白色|灰白|陶土)"
 
 
@@ -241,10 +243,22 @@ def _infant_fever(chat: Conversation) -> tuple[int, str] | None:
 
 
 def _infant_high_fever(chat: Conversation) -> tuple[int, str] | None:
-    """3 to 6 months old and 39 ℃ or more: not the emergency of a younger baby's fever, a doctor today."""
-    if chat.age is None or not 3 <= chat.age < 6 or not chat.temperatures or max(chat.temperatures) < 39.0:
+    """3 to 6 months old (a parent's "六个月" is up to the seventh month) and 39 ℃ or more: not the emergency
+    of a younger baby's fever, a doctor today."""
+    if chat.age is None or not 3 <= chat.age < 7 or not chat.temperatures or max(chat.temperatures) < 39.0:
         return None
     return chat.turns[-1][0], f"{_age_words(chat.age)}，{max(chat.temperatures)}℃"
+
+
+def _fever_weekdays(chat: Conversation) -> tuple[int, str] | None:
+    """Fever told as a span of weekdays ("从周一烧到今天周四"): three days or more, a doctor today."""
+    if not chat.has_fever():
+        return None
+    for index, text in chat.turns:
+        days = numbers.weekday_days(text)
+        if days is not None and days >= 3:
+            return index, f"发热约{days}天"
+    return None
 
 
 def _fast_breathing(chat: Conversation) -> tuple[int, str] | None:
@@ -309,7 +323,8 @@ def _head_injury(chat: Conversation) -> tuple[int, str] | None:
 
 
 CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
-    "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fast_breathing": _fast_breathing,
+    "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fever_weekdays": _fever_weekdays,
+    "fast_breathing": _fast_breathing,
     "headache_vomiting": _headache_vomiting, "no_urine": _no_urine, "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice,
     "pale_stool": _pale_stool, "head_injury": _head_injury}
 
