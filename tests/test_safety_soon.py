@@ -45,6 +45,16 @@ def _user(*turns: str) -> list[dict]:
     ("三岁儿子的手肘被我拽了一下，现在胳膊不让动", "limb_not_used"),
     ("孩子又吐又拉，一天就尿了两回", "urine_falling"),
     ("满月前的宝宝皮肤发黄，今天第10天", "newborn_jaundice"),
+    # round 13, written after rounds 10-12's fixes
+    ("这次烧得时间长，周五开始的，今天周一了", "fever_three_days"),
+    ("孩子发烧，说冷，裹着被子还在发抖", "fever_rigors"),
+    ("小孩踝关节扭了，肿得很高，不能走路", "limb_not_used"),
+    ("孩子一走路就喊髋关节疼，前两天感冒过", "limb_not_used"),
+    ("宝宝的小腿有点肿，一碰就哭", "limb_not_used"),
+    ("宝宝拉肚子，今天尿得明显少了", "urine_falling"),
+    ("娃拉稀拉了两天，嘴唇有点干，尿黄", "urine_falling"),
+    ("宝宝发烧后不爱喝奶了，一次就喝几十毫升", "feeding_poorly_fever"),
+    ("新生儿出生十天了，身上还是黄，吃奶还行", "newborn_jaundice"),
 ])
 def test_doctor_today_signs(text, sign):
     result = triage(_user(text))
@@ -59,6 +69,7 @@ def test_doctor_today_signs(text, sign):
     "孩子不肯走路，老要抱", "宝宝最近吃奶少，是厌奶期吗", "孩子尿少正常吗", "儿子喜欢打哆嗦，冬天出门就抖",
     "宝宝五个月，体温37.8，正常吗", "宝宝7个月，发烧39度，玩得挺开心", "孩子从周一开始咳嗽，到周三好多了",
     "宝宝出生两个月了，脸色有点黄，是不是缺铁", "孩子鼻涕有点黄，咳嗽", "新生儿黄疸多少天能退", "宝宝拉肚子，尿也不少，精神挺好",
+    "孩子脚崴了一下，不肿，走路正常", "宝宝夏天出汗多，尿比平时少一点，吃喝玩都正常", "孩子发烧，嘴唇有点干",
 ])
 def test_near_misses_get_no_notice(text):
     assert triage(_user(text)).level == ""
@@ -115,6 +126,8 @@ def test_the_chat_ui_shows_the_level_in_its_banner_colour():
     (["宝宝五个月，身上滚烫，39.3度"], "soon", ["infant_high_fever"]),
     (["孩子两岁，发烧", "已经第四天了"], "soon", ["fever_days_told_later"]),  # how long, told in a later turn
     (["孩子两岁咳嗽", "已经第四天了"], "", []),                           # ... of a cough: nothing
+    (["宝宝7个月", "发烧38.6度", "今天吃奶只有平时一半"], "soon", ["feeding_poorly_fever"]),
+    (["孩子三岁", "咳嗽四天了", "不发烧"], "", []),
     (["宝宝两个月，手被热水烫了一下", "有点红，没起泡"], "", []),             # a scald's 烫 is not a fever
 ])
 def test_fever_words_and_durations_across_turns(turns, level, names):

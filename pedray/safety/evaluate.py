@@ -87,10 +87,15 @@ def evaluate(part: str = "test") -> dict[str, Any]:
 
 def evaluate_soon() -> dict[str, Any]:
     """The second level on `cases_soon.yaml`: how many "doctor today" chats get that notice (not the urgent
-    one, not none), and how many of their near misses get any notice."""
+    one, not none), and how many of their near misses get any notice. A case is a message or a list of
+    the user's turns."""
     cases = yaml.safe_load(Path(__file__).with_name("cases_soon.yaml").read_text(encoding="utf-8"))
-    levels = {kind: [(text, triage([{"role": "user", "content": text}]).level) for text in cases[kind]]
-              for kind in ("soon", "everyday")}
+
+    def level(case: str | list[str]) -> tuple[str, str]:
+        turns = case if isinstance(case, list) else [case]
+        return " / ".join(turns), triage([{"role": "user", "content": turn} for turn in turns]).level
+
+    levels = {kind: [level(case) for case in cases[kind]] for kind in ("soon", "everyday")}
     soon, everyday = levels["soon"], levels["everyday"]
     return {"soon_cases": len(soon), "at_soon": sum(level == "soon" for _, level in soon),
             "escalated": [text for text, level in soon if level == "urgent"],
