@@ -72,7 +72,9 @@ AFTER_HEAD_TRAUMA = (r"呕吐|吐|想睡|嗜睡|犯困|迷糊|叫不醒|昏|晕|
                      r"走路[^，。,；]{0,3}(?:歪|晃|摇)|抽了|抽起来|(?:耳朵|耳|鼻子|鼻)[^，。,；]{0,3}(?:流|出|冒)[^，。,；]{0,2}(?:血|水)")
 SEVERE_HEADACHE = (r"(?:头痛|头疼)[^，。,；]{0,4}(?:厉害|剧烈|受不了|炸|要命|不行)|剧烈头(?:痛|疼)|"
                    r"(?:头痛|头疼)得[^，。,；]{0,4}(?:哭|抱着头|捂着头|打滚)")
-NO_URINE = r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)[^，。,；]{0,3}(?:都|也)没有?(?!问题|事|异常)|尿(?:不湿|布)(?![^，。,；]{0,4}比)[^，。,；]{0,6}干"  # "比平时干": less, not none
+# a dry nappy is no urine; one "比平时干" (drier than usual) is less urine, the "today" sign urine_falling
+NO_URINE = (r"(?:没有?|无|不)(?:尿|小便|排尿)|(?:尿|小便)[^，。,；]{0,3}(?:都|也)没有?(?!问题|事|异常)|"
+            r"尿(?:不湿|布)(?![^，。,；]{0,4}比)[^，。,；]{0,6}干")
 PALE_STOOL = r"(?:大便|便便|粪便)[^，。,；没不无未]{0,4}(?:发白|白色|灰白|陶土)"
 
 
@@ -325,9 +327,9 @@ def _head_injury(chat: Conversation) -> tuple[int, str] | None:
 
 CHECKS: dict[str, Callable[[Conversation], tuple[int, str] | None]] = {
     "infant_fever": _infant_fever, "infant_high_fever": _infant_high_fever, "fever_weekdays": _fever_weekdays,
-    "fast_breathing": _fast_breathing,
-    "headache_vomiting": _headache_vomiting, "no_urine": _no_urine, "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice,
-    "pale_stool": _pale_stool, "head_injury": _head_injury}
+    "fast_breathing": _fast_breathing, "headache_vomiting": _headache_vomiting, "no_urine": _no_urine,
+    "early_jaundice": _early_jaundice, "newborn_jaundice": _newborn_jaundice, "pale_stool": _pale_stool,
+    "head_injury": _head_injury}
 
 
 def _find(rule: Rule, chat: Conversation) -> tuple[int, str] | None:
