@@ -27,12 +27,16 @@ def load_cases(part: str) -> list[dict[str, Any]]:
         raise ValueError(f"part must be one of {PARTS} or 'all', got {part!r}")
     cases = yaml.safe_load(Path(__file__).with_name(f"cases_{part}.yaml").read_text(encoding="utf-8"))
     for case in cases:
-        turns = case.get("turns") or [case["text"]]
-        messages = []
-        for turn in turns:  # the assistant's turns between are neutral: the triage reads the user's
-            messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "好的，请再说说孩子的情况。"}]
-        case["messages"], case["part"] = messages[:-1], part
+        case["messages"], case["part"] = conversation(case.get("turns") or [case["text"]]), part
     return cases
+
+
+def conversation(turns: list[str]) -> list[dict[str, str]]:
+    """A chat of these user turns; the assistant's turns between are neutral (the triage reads the user's)."""
+    messages = []
+    for turn in turns:
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "好的，请再说说孩子的情况。"}]
+    return messages[:-1]
 
 
 def _rate(hits: int, total: int) -> float | None:
@@ -93,7 +97,7 @@ def evaluate_soon() -> dict[str, Any]:
 
     def level(case: str | list[str]) -> tuple[str, str]:
         turns = case if isinstance(case, list) else [case]
-        return " / ".join(turns), triage([{"role": "user", "content": turn} for turn in turns]).level
+        return " / ".join(turns), triage(conversation(turns)).level
 
     levels = {kind: [level(case) for case in cases[kind]] for kind in ("soon", "everyday")}
     soon, everyday = levels["soon"], levels["everyday"]

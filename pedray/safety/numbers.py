@@ -41,7 +41,7 @@ _AGE_AFTER = r"(?=大|的|出头|宝宝|婴儿|孩子|小孩|男|女|娃|[，,�
 _YEARS = re.compile(NUM + r"(?:个)?(半)?(?:周岁|岁)(半)?(?!以上|以下|以内|之前|前|左右|时)")
 _MONTHS = re.compile(r"(?:" + _AGE_BEFORE + r")" + NUM + r"(?:多|来)?(?:个)(?:多)?(半)?月(?:零" + NUM + r"天)?" + _AGE_AFTER)
 # "4月龄", "宝宝5月大": a month count without 个 is an age only with 龄 or 大 after it ("4月" alone is April)
-_MONTHS_BARE = re.compile(r"(?:" + _AGE_BEFORE + r")?" + NUM + r"(?:多)?(半)?月(?:龄|大)")
+_MONTHS_BARE = re.compile(NUM + r"(?:多)?(半)?月(?:龄|大)")
 _WEEKS = re.compile(r"(?:(?:" + _AGE_BEFORE + r")" + NUM + r"(?:多|来)?(?:周|个星期|个礼拜)" + _AGE_AFTER + r")|(?:"
                     + NUM + r"(?:多|来)?(?:周|个星期)(?=大|的宝宝|的新生儿|的婴儿|的孩子))")
 _DAYS = re.compile(r"(?:(?:出生|生后|生下来|产后|宝宝|孩子|娃|女儿|儿子|闺女|孙子|孙女|女宝|男宝|老二|老大|小孩|婴儿|"
@@ -139,8 +139,8 @@ def hours(text: str) -> float | None:
 
 
 _WEEKDAY = "一二三四五六日天"
-_WEEKDAY_SPAN = re.compile(r"(?:周|星期|礼拜)([一二三四五六日天])[^。；;]{0,8}?(?:到|至|今天|现在)(?:是|已经|都)?[^，。,；]{0,3}?"
-                           r"(?:周|星期|礼拜)([一二三四五六日天])")  # "从周一到周四", "周五开始的，今天周一了"
+_WEEKDAY_SPAN = re.compile(rf"(?:周|星期|礼拜)([{_WEEKDAY}])[^。；;]{{0,8}}?(?:到|至|今天|现在)(?:是|已经|都)?[^，。,；]{{0,3}}?"
+                           rf"(?:周|星期|礼拜)([{_WEEKDAY}])")  # "从周一到周四", "周五开始的，今天周一了"
 
 
 def weekday_days(text: str) -> int | None:
